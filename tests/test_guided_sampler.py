@@ -1,0 +1,282 @@
+"""The host-free SPO-guided sampler: σ-space DDIM math, evaluation count, reuse, selection."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer.schedule import NoiseSchedule, ddim_step
+from trainer.spo.guided_sampler import (
+    branched_steps,
+    choose_candidates,
+    ddim_sigma_mean,
+    expected_model_evals,
+    rank_best_first,
+    sigma_to_timestep,
+    spo_guided_sample,
+    spo_guided_sample_traced,
+)
+
+SD = NoiseSchedule.stable_diffusion()
+SHAPE = (1, 4, 8, 8)
+
+
+def sd_sigma(t: int) -> float:
+    a = float(SD.alpha(t))
+    return ((1 - a) / a) ** 0.5
+
+
+def eps_model(x_vp: torch.Tensor, t: float) -> torch.Tensor:
+    """A fixed non-linear stand-in for a UNet's ε prediction in VP space."""
+    return torch.tanh(0.7 * x_vp + t / 1000.0) + 0.1 * x_vp.flip(-1)
+
+
+def denoiser_from_eps(sigma_to_t):
+    """k-diffusion x0 model around `eps_model`, the way hosts wrap an ε UNet."""
+
+    def denoise(x, sigma_vec):
+        s = sigma_vec.to(torch.float64).reshape(-1, 1, 1, 1)
+        x_vp = x / (1 + s**2).sqrt()
+        eps = eps_model(x_vp.to(x.dtype), float(sigma_to_t(sigma_vec[:1])[0]))
+        return (x - s * eps).to(x.dtype)
+
+    return denoise
+
+
+class Counting:
+    """Wraps a denoiser; records the batch size of every call."""
+
+    def __init__(self, fn):
+        self.fn, self.rows = fn, []
+
+    def __call__(self, x, sigma):
+        assert sigma.shape == (x.shape[0],)
+        self.rows.append(x.shape[0])
+        return self.fn(x, sigma)
+
+
+def toy_denoise(x, sigma):
+    # contracts towards a fixed pattern; depends on σ so reuse errors would show
+    s = sigma.reshape(-1, 1, 1, 1)
+    return (0.6 * x + 0.3 * torch.sin(x * 3)) / (1 + 0.1 * s)
+
+
+def karras_like(n: int) -> torch.Tensor:
+    return torch.cat([torch.linspace(8.0, 0.1, n), torch.zeros(1)])
+
+
+def brightness(x0, t):
+    return x0.mean(dim=(1, 2, 3))
+
+
+# ---------------------------------------------------------------- math vs trainer.schedule / diffusers
+
+
+def test_sigma_space_step_equals_vp_ddim_step_on_sd_schedule():
+    g = torch.Generator().manual_seed(0)
+    n = 20
+    for t in SD.timesteps(n).tolist():  # 951 ... 1; the last one steps to ᾱ_0 (σ > 0)
+        s_prev = int(SD.prev_timestep(t, n))
+        x_vp = torch.randn(SHAPE, generator=g, dtype=torch.float64)
+        z = torch.randn(SHAPE, generator=g, dtype=torch.float64)
+        ref = ddim_step(SD, eps_model(x_vp, t), t, x_vp, n, eta=1.0, noise=z)
+
+        sig, sig_next = sd_sigma(t), sd_sigma(s_prev)
+        x = x_vp / float(SD.alpha(t)) ** 0.5
+        x0 = x - sig * eps_model(x_vp, t)
+        mean, s = ddim_sigma_mean(x, x0, sig, sig_next)
+        a_s = float(SD.alpha(s_prev))
+        torch.testing.assert_close((mean + s * z) * a_s**0.5, ref.prev_sample, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(s * a_s**0.5, float(ref.std[0]), rtol=1e-9, atol=1e-12)
+
+
+def test_sigma_space_step_equals_diffusers_ddim_scheduler():
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
+    )
+    sched.set_timesteps(10)
+    g = torch.Generator().manual_seed(1)
+    for t in sched.timesteps.tolist():
+        prev = t - 1000 // 10
+        x_vp = torch.randn(SHAPE, generator=g, dtype=torch.float64)
+        z = torch.randn(SHAPE, generator=g, dtype=torch.float64)
+        eps = eps_model(x_vp, t)
+        want = sched.step(eps, t, x_vp, eta=1.0, variance_noise=z).prev_sample
+        a_t = float(sched.alphas_cumprod[t])
+        a_s = float(sched.alphas_cumprod[prev]) if prev >= 0 else float(sched.final_alpha_cumprod)
+        sig, sig_next = ((1 - a_t) / a_t) ** 0.5, ((1 - a_s) / a_s) ** 0.5
+        x = x_vp / a_t**0.5
+        mean, s = ddim_sigma_mean(x, x - sig * eps, sig, sig_next)
+        torch.testing.assert_close((mean + s * z) * a_s**0.5, want, rtol=1e-6, atol=1e-6)
+
+
+def test_unbranched_run_is_a_chain_of_vp_ddim_steps():
+    """window (0, 0): the sampler is plain η = 1 DDIM; compare a whole 8-step run."""
+    n = 8
+    ts = SD.timesteps(n).tolist()
+    sigmas = torch.tensor([sd_sigma(t) for t in ts] + [sd_sigma(int(SD.prev_timestep(ts[-1], n)))], dtype=torch.float64)
+    noises = [torch.randn(SHAPE, generator=torch.Generator().manual_seed(i), dtype=torch.float64) for i in range(n)]
+    it = iter(noises)
+    x_vp = torch.randn(SHAPE, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
+
+    sig_t = lambda s: sigma_to_timestep(s)  # noqa: E731
+    got = spo_guided_sample(
+        denoiser_from_eps(sig_t), x_vp / float(SD.alpha(ts[0])) ** 0.5, sigmas,
+        score_x0=brightness, k=2, window=(0.0, 0.0), noise=lambda a, b: next(it),
+    )
+    ref = x_vp
+    for t, z in zip(ts, noises):
+        ref = ddim_step(SD, eps_model(ref, t), t, ref, n, eta=1.0, noise=z).prev_sample
+    torch.testing.assert_close(got * float(SD.final_alpha_cumprod) ** 0.5, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_sigma_to_timestep_inverts_sd_sigmas_and_maps_zero_to_clean():
+    ts = torch.tensor([0, 1, 250, 501, 750, 999])
+    sig = torch.tensor([sd_sigma(int(t)) for t in ts])
+    assert sigma_to_timestep(sig).tolist() == ts.tolist()
+    assert sigma_to_timestep(torch.tensor([0.0, 20.0])).tolist() == [0, 999]
+
+
+# ---------------------------------------------------------------- cost, reuse, determinism
+
+
+def test_window_fractions_and_no_branch_into_sigma_zero():
+    sig = karras_like(10)
+    assert [i for i, b in enumerate(branched_steps(sig, (0.2, 1.0))) if b] == list(range(2, 9))
+    assert [i for i, b in enumerate(branched_steps(sig, (0.0, 0.5))) if b] == [0, 1, 2, 3, 4]
+    assert not any(branched_steps(sig, (0.3, 0.3)))
+    with pytest.raises(ValueError, match="window"):
+        branched_steps(sig, (0.6, 0.4))
+
+
+@pytest.mark.parametrize("k,window,branched", [(4, (0.2, 1.0), 7), (2, (0.0, 1.0), 9), (3, (0.5, 0.7), 2)])
+def test_evaluation_count_is_exact(k, window, branched):
+    n, B = 10, 2
+    den = Counting(toy_denoise)
+    res = spo_guided_sample_traced(
+        den, torch.randn(B, 4, 8, 8), karras_like(n), score_x0=brightness, k=k, window=window,
+        noise=torch.Generator().manual_seed(0),
+    )
+    assert len(res.branches) == branched == res.scorer_calls
+    assert res.model_evals == expected_model_evals(n, branched, k) == sum(den.rows) // B
+    assert res.model_calls == len(den.rows) == n + 0  # one call per step: branched steps' calls replace the next step's
+    assert sorted(set(den.rows)) == sorted({B, k * B})
+    assert den.rows.count(k * B) == branched
+
+
+def test_reused_x0_equals_a_fresh_model_call():
+    """With scores that always pick candidate 0, SPO reproduces the plain run fed with the
+    same noises: proves the chosen candidate's x̂0 is the right model output to reuse."""
+    n, k = 8, 3
+    noises = [torch.randn(SHAPE, generator=torch.Generator().manual_seed(i)) for i in range(n * k)]
+    x = torch.randn(SHAPE)
+    it = iter(noises)
+    first = lambda x0, t: torch.tensor([1.0] + [0.0] * (k - 1))  # noqa: E731  k-major, B = 1
+    spo = spo_guided_sample(
+        toy_denoise, x, karras_like(n), score_x0=first, k=k, window=(0.0, 1.0), noise=lambda a, b: next(it)
+    )
+    # plain: branched steps 0..6 consume k draws (the chosen one is the first), step 7 (to σ=0) none
+    plain_noises = iter([noises[i * k] for i in range(n - 1)])
+    plain = spo_guided_sample(
+        toy_denoise, x, karras_like(n), score_x0=first, k=k, window=(0.0, 0.0), noise=lambda a, b: next(plain_noises)
+    )
+    torch.testing.assert_close(spo, plain, rtol=1e-6, atol=1e-6)
+
+
+def test_same_seed_same_result_other_seed_differs():
+    def run(seed, selection="best"):
+        return spo_guided_sample(
+            toy_denoise, torch.ones(SHAPE), karras_like(6), score_x0=brightness, k=3, selection=selection,
+            noise=torch.Generator().manual_seed(seed), choice_generator=torch.Generator().manual_seed(seed),
+        )
+
+    assert torch.equal(run(1), run(1))
+    assert torch.equal(run(1, "softmax"), run(1, "softmax"))
+    assert not torch.allclose(run(1), run(2))
+
+
+def test_batch_rows_line_up_with_tiled_conditioning():
+    """A host tiles per-sample conditioning to the batch (ComfyUI's repeat_to_batch_size): a
+    B = 2 run must equal two B = 1 runs with each row's noise."""
+    n, k = 6, 3
+    cond = torch.tensor([0.5, -0.5]).reshape(2, 1, 1, 1)
+
+    def den(c):
+        return lambda x, s: toy_denoise(x, s) + c.repeat(x.shape[0] // c.shape[0], 1, 1, 1)
+
+    draws = [torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(40)]
+    x = torch.randn(2, 4, 8, 8)
+    it = iter(draws)
+    both = spo_guided_sample(den(cond), x, karras_like(n), score_x0=brightness, k=k, noise=lambda a, b: next(it))
+    for r in range(2):
+        it_r = iter(d[r : r + 1] for d in draws)
+        one = spo_guided_sample(
+            den(cond[r : r + 1]), x[r : r + 1], karras_like(n), score_x0=brightness, k=k, noise=lambda a, b: next(it_r)
+        )
+        torch.testing.assert_close(both[r : r + 1], one)
+
+
+# ---------------------------------------------------------------- selection moves the result
+
+
+def test_a_brightness_scorer_moves_the_sample():
+    """best under +brightness ends brighter than best under −brightness, for every seed."""
+    for seed in range(4):
+        def run(sign):
+            return spo_guided_sample(
+                toy_denoise, torch.randn(SHAPE, generator=torch.Generator().manual_seed(100 + seed)), karras_like(8),
+                score_x0=lambda x0, t: sign * x0.mean(dim=(1, 2, 3)), k=4,
+                noise=torch.Generator().manual_seed(seed),
+            )
+
+        assert run(+1).mean() > run(-1).mean() + 0.05
+
+
+def test_each_branch_keeps_the_top_scoring_candidate_and_scores_at_candidate_timestep():
+    seen = []
+
+    def scorer(x0, t):
+        seen.append(t.clone())
+        return x0.mean(dim=(1, 2, 3))
+
+    sigmas = torch.tensor([sd_sigma(t) for t in (901, 601, 301, 1)] + [0.0])
+    res = spo_guided_sample_traced(
+        toy_denoise, torch.randn(2, 4, 8, 8), sigmas, score_x0=scorer, k=4, noise=torch.Generator().manual_seed(3)
+    )
+    for rec in res.branches:
+        assert torch.equal(rec.chosen, rec.scores.argmax(dim=0))
+    assert [r.timestep for r in res.branches] == [601, 301, 1]
+    assert [int(t.unique()) for t in seen] == [601, 301, 1]
+
+
+def test_softmax_selection_follows_its_distribution():
+    scores = torch.tensor([[0.0], [1.0], [2.0]])  # k = 3, B = 1
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(
+        torch.cat([choose_candidates(scores, "softmax", 1.0, g) for _ in range(3000)]), minlength=3
+    ).double() / 3000
+    want = torch.softmax(scores[:, 0].double(), 0)
+    assert torch.allclose(counts, want, atol=0.03)
+    cold = choose_candidates(scores.repeat(1, 5), "softmax", 1e-4, g)
+    assert cold.tolist() == [2] * 5
+
+
+def test_bad_arguments_raise_one_line_errors():
+    kw = dict(score_x0=brightness, noise=torch.Generator())
+    with pytest.raises(ValueError, match="k must be >= 2"):
+        spo_guided_sample(toy_denoise, torch.zeros(SHAPE), karras_like(3), k=1, **kw)
+    with pytest.raises(ValueError, match="selection"):
+        spo_guided_sample(toy_denoise, torch.zeros(SHAPE), karras_like(3), k=2, selection="worst", **kw)
+    with pytest.raises(ValueError, match="temperature"):
+        choose_candidates(torch.zeros(2, 1), "softmax", 0.0)
+
+
+def test_rank_best_first():
+    r = rank_best_first(torch.tensor([0.1, 0.9, 0.5, 0.9]), top_n=3)
+    assert r.order.tolist() == [1, 3, 2]
+    assert r.scores.tolist() == pytest.approx([0.9, 0.9, 0.5])
+    assert rank_best_first(torch.tensor([2.0, 1.0]), top_n=10).order.tolist() == [0, 1]
+    with pytest.raises(ValueError):
+        rank_best_first(torch.tensor([]))
