@@ -143,23 +143,34 @@ class DiffusionModel:
         ).input_ids.to(self.device)
 
     # -- UNet -----------------------------------------------------------------------------------
-    def unet_forward(self, latents: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
-        """One UNet call. latents [N, C, h, w], timesteps [N] long, embeds of N prompts -> output [N, C, h, w]."""
+    def unet_forward(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds, unet: torch.nn.Module | None = None
+    ) -> torch.Tensor:
+        """One UNet call. latents [N, C, h, w], timesteps [N] long, embeds of N prompts -> output [N, C, h, w].
+
+        unet: run this module instead of self.unet (e.g. the DDP-wrapped trainable UNet).
+        """
         kwargs = {}
         if self.family.pooled_text:
             kwargs["added_cond_kwargs"] = {"text_embeds": embeds.pooled, "time_ids": self.time_ids(latents.shape[0])}
         timesteps = torch.as_tensor(timesteps, device=latents.device).expand(latents.shape[0])
-        return self.unet(latents, timesteps, encoder_hidden_states=embeds.hidden, **kwargs).sample
+        return (unet or self.unet)(latents, timesteps, encoder_hidden_states=embeds.hidden, **kwargs).sample
 
     def guided_output(
-        self, latents: torch.Tensor, timesteps: torch.Tensor, cond: PromptEmbeds, uncond: PromptEmbeds, guidance_scale: float
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        cond: PromptEmbeds,
+        uncond: PromptEmbeds,
+        guidance_scale: float,
+        unet: torch.nn.Module | None = None,
     ) -> torch.Tensor:
         """Classifier-free-guided UNet output from ONE UNet call on a [uncond; cond] batch of 2B.
 
         latents [B, C, h, w]; timesteps [B] or scalar; cond/uncond: B prompts each -> Tensor[B, C, h, w].
         """
         t = torch.as_tensor(timesteps, device=latents.device).expand(latents.shape[0])
-        out = self.unet_forward(torch.cat([latents, latents]), torch.cat([t, t]), PromptEmbeds.cat([uncond, cond]))
+        out = self.unet_forward(torch.cat([latents, latents]), torch.cat([t, t]), PromptEmbeds.cat([uncond, cond]), unet)
         return guided(out, guidance_scale)
 
     def time_ids(self, batch: int) -> torch.Tensor:

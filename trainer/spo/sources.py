@@ -1,0 +1,61 @@
+"""Turn config strings into objects: the model, the scorer, the prompt list.
+
+"shapes…" names resolve to ShapesWorld's shipped weights; anything else is a path or hub id.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..models import DiffusionModel, load_model
+from .config import ConfigError, SPOConfig
+
+SHAPES_SCORERS = ("shapes-spm", "shapes-preference", "shapes-aesthetic")
+
+
+def resolve_model(cfg: SPOConfig, device="cpu") -> DiffusionModel:
+    source = cfg.model.source
+    if source == "shapes":
+        from ..shapes import weights_dir
+
+        source = str(weights_dir("pipeline"))
+    family = cfg.model.family
+    if cfg.model.source == "shapes" and family == "auto":
+        family = "shapes"
+    return load_model(source, family=family, device=device, config_dir=cfg.model.config_dir or None)
+
+
+def resolve_scorer(cfg: SPOConfig, device="cpu"):
+    """An object with score(images, prompts, timesteps) -> Tensor[B]."""
+    source = cfg.scorer.source
+    if source == "shapes-aesthetic":
+        from ..shapes import AestheticScore
+
+        return AestheticScore()
+    from ..spm import load_spm
+
+    if source in ("shapes-spm", "shapes-preference"):
+        from ..shapes import weights_dir
+
+        source = str(weights_dir("spm" if source == "shapes-spm" else "preference"))
+    elif not Path(source).exists():
+        raise ConfigError(
+            f"--scorer.source: no such SPM file or directory {source!r} (download the released SPM checkpoint, "
+            f"or use one of {', '.join(SHAPES_SCORERS)})"
+        )
+    return load_spm(source, device=device)
+
+
+def resolve_prompts(cfg: SPOConfig) -> list[str]:
+    if cfg.prompts == "shapes":
+        from ..shapes import train_captions
+
+        return train_captions()
+    if not cfg.prompts:
+        raise ConfigError("--prompts: give a text file with one prompt per line (e.g. 4,000 Pick-a-Pic prompts)")
+    path = Path(cfg.prompts)
+    if not path.is_file():
+        raise ConfigError(f"--prompts: no such file {cfg.prompts}")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError(f"--prompts: {cfg.prompts} holds no prompts")
+    return prompts

@@ -1,0 +1,285 @@
+"""The SPO training loop: sample rounds, train on kept transitions, checkpoint, export.
+
+Every epoch's randomness comes from a generator seeded by (seed, epoch, rank), so a run
+resumed from a checkpoint continues exactly as an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ..models import DiffusionModel, PromptEmbeds
+from .config import ConfigError, SPOConfig, to_dict
+from .rollout import Transitions, spo_round
+from .step import transition_loss
+
+CHECKPOINTS = "checkpoints"
+
+
+def add_lora(model: DiffusionModel, cfg) -> list[torch.nn.Parameter]:
+    """Inject a peft LoRA adapter into model.unet; freeze everything else. Returns the trainable params."""
+    from peft import LoraConfig
+
+    model.unet.requires_grad_(False)
+    model.unet.add_adapter(
+        LoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.alpha,
+            init_lora_weights="gaussian" if cfg.init == "gaussian" else True,
+            target_modules=list(cfg.targets),
+        )
+    )
+    params = [p for p in model.unet.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"--lora.targets: no module of the UNet matches {cfg.targets}")
+    return params
+
+
+def epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 9_973 + rank * 131) % (2**63))
+
+
+@dataclass
+class EpochData:
+    transitions: Transitions
+    cond: PromptEmbeds
+    uncond: PromptEmbeds
+    stats: dict
+
+
+def sample_epoch(model, scorer, prompts, cfg: SPOConfig, gen: torch.Generator, show: bool) -> EpochData:
+    """cfg.sampling.rounds_per_epoch SPO rounds on prompts drawn uniformly with `gen`."""
+    s = cfg.sampling
+    parts, conds, offsets, stats = [], [], [], []
+    n_prompts = 0
+    for _ in tqdm(range(s.rounds_per_epoch), desc="sampling", disable=not show, leave=False):
+        idx = torch.randint(0, len(prompts), (s.batch_size,), generator=gen)
+        result = spo_round(model, scorer, [prompts[i] for i in idx], s, gen, cfg.scorer.score_timestep)
+        parts.append(result.transitions)
+        conds.append(result.embeds)
+        offsets.append(n_prompts)
+        n_prompts += len(result.prompts)
+        stats.append(result.stats)
+    cond = PromptEmbeds.cat(conds)
+    merged = {
+        "branched": sum(x["branched"] for x in stats),
+        "kept": sum(x["kept"] for x in stats),
+        "reward": sum(x["final_score"] for x in stats) / len(stats),
+    }
+    merged["tie_rate"] = 1 - merged["kept"] / max(merged["branched"], 1)
+    return EpochData(Transitions.cat(parts, offsets), cond, model.uncond_embeds(n_prompts), merged)
+
+
+def train_on(model, unet_for_grad, accelerator, optimizer, params, data: EpochData, cfg: SPOConfig, gen, show) -> dict:
+    """One pass over the epoch's transitions in shuffled micro-batches; returns mean loss info.
+
+    Every process runs the same number of optimizer steps (the smallest count over ranks),
+    since DDP needs all ranks in every gradient all-reduce.
+    """
+    t = cfg.train
+    n = len(data.transitions)
+    counts = accelerator.gather(torch.tensor([n], device=accelerator.device))
+    n_common = int(counts.min())
+    micro = n_common // t.batch_size
+    steps = micro // t.grad_accum
+    if steps == 0:
+        return {"loss": float("nan"), "steps": 0, "grad_norm": float("nan")}
+    perm = torch.randperm(n, generator=gen)[: steps * t.grad_accum * t.batch_size]
+    losses, norms, margins = [], [], []
+    unet_for_grad.train()
+    for step in tqdm(range(steps), desc="training", disable=not show, leave=False):
+        for a in range(t.grad_accum):
+            rows = perm[(step * t.grad_accum + a) * t.batch_size : (step * t.grad_accum + a + 1) * t.batch_size]
+            batch = data.transitions.index(rows)
+            sync = a == t.grad_accum - 1
+            ctx = accelerator.no_sync(unet_for_grad) if not sync else nullcontext()
+            with ctx, accelerator.autocast():
+                loss, info = transition_loss(
+                    model, unet_for_grad, batch, data.cond, data.uncond,
+                    cfg.sampling.num_steps, cfg.sampling.guidance_scale, cfg.sampling.eta, t.beta, t.clip_eps,
+                )
+                accelerator.backward(loss / t.grad_accum)
+            losses.append(float(loss))
+            margins.append(float(info["reward_margin"]))
+        norms.append(float(accelerator.clip_grad_norm_(params, t.max_grad_norm)))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    unet_for_grad.eval()
+    return {"loss": sum(losses) / len(losses), "steps": steps, "grad_norm": max(norms), "margin": sum(margins) / len(margins)}
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def save_checkpoint(out: Path, epoch: int, unet, optimizer, cfg: SPOConfig, keep: int = 2) -> Path:
+    """Write checkpoints/epoch-NNNN atomically (temp dir, then rename); keep the newest `keep`."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    root = out / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"epoch-{epoch:04d}"
+    tmp = root / f".tmp-epoch-{epoch:04d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    save_file(lora, str(tmp / "lora.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "config": to_dict(cfg)}, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(root.glob("epoch-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    done = sorted(p for p in (out / CHECKPOINTS).glob("epoch-*") if (p / "state.json").is_file())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, unet, optimizer) -> int:
+    """Restore LoRA weights, optimizer and RNG; return the epoch the checkpoint ended."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(unet, load_file(str(path / "lora.safetensors")))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
+    return int(json.loads((path / "state.json").read_text())["epoch"])
+
+
+# -- outputs -------------------------------------------------------------------------------------
+def export_lora(out: Path, model: DiffusionModel, cfg: SPOConfig) -> dict[str, Path]:
+    """The trained adapter as a kohya/WebUI file and in diffusers/PEFT form, with the config beside it."""
+    from ..lora import lora_from_peft, save_kohya
+
+    name = Path(cfg.output_dir).name or "spo"
+    kohya = out / f"{name}.safetensors"
+    comment = {
+        "method": "SPO (step-aware preference optimization)",
+        "k": cfg.sampling.k,
+        "branch": [cfg.sampling.branch_start, cfg.sampling.branch_end],
+        "inner_steps": cfg.sampling.inner_steps,
+        "threshold": cfg.sampling.threshold,
+        "continuation": cfg.sampling.continuation,
+        "beta": cfg.train.beta,
+        "epochs": cfg.train.epochs,
+        "lr": cfg.train.lr,
+        "scorer": cfg.scorer.source,
+    }
+    state = lora_from_peft(model.unet, component="unet")
+    save_kohya(
+        state,
+        kohya,
+        family=model.family.name,
+        output_name=name,
+        base_model_name=Path(str(model.source)).name,
+        training_comment=comment,
+        dtype=torch.float16,
+    )
+    peft_dir = out / "diffusers"
+    model.unet.save_lora_adapter(str(peft_dir))
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return {"kohya": kohya, "diffusers": peft_dir}
+
+
+def check_output_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--output_dir: cannot write to {out} ({e.strerror}); choose a writable directory") from None
+
+
+def train(cfg: SPOConfig) -> dict:
+    """Run SPO post-training as configured; returns paths and the last epoch's summary."""
+    from accelerate import Accelerator
+
+    from .sources import resolve_model, resolve_prompts, resolve_scorer
+
+    out = Path(cfg.output_dir)
+    check_output_dir(out)
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    show = accelerator.is_local_main_process
+    prompts = resolve_prompts(cfg)
+    model = resolve_model(cfg, device=accelerator.device)
+    scorer = resolve_scorer(cfg, device=accelerator.device)
+    torch.manual_seed(cfg.seed)  # LoRA init: the same on every rank
+    params = add_lora(model, cfg.lora)
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    unet_for_grad, optimizer = accelerator.prepare(model.unet, optimizer)
+
+    start = 0
+    if cfg.resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            raise ConfigError(f"--resume: no checkpoint in {out / CHECKPOINTS}; run without --resume to start")
+        start = load_checkpoint(ckpt, model.unet, optimizer) + 1
+        if show:
+            print(f"resumed from {ckpt} (epoch {start - 1} done)")
+
+    writer = _tensorboard(out / "logs") if accelerator.is_main_process else None
+    summary = {}
+    for epoch in range(start, cfg.train.epochs):
+        t0 = time.time()
+        gen = epoch_generator(cfg.seed, epoch, accelerator.process_index)
+        model.unet.eval()
+        data = sample_epoch(model, scorer, prompts, cfg, gen, show)
+        info = train_on(model, unet_for_grad, accelerator, optimizer, params, data, cfg, gen, show)
+        summary = {"epoch": epoch, **data.stats, **info, "seconds": round(time.time() - t0, 1)}
+        if show:
+            print(
+                f"epoch {epoch + 1}/{cfg.train.epochs}: pairs kept {data.stats['kept']}/{data.stats['branched']} "
+                f"(tie rate {data.stats['tie_rate']:.2f}), loss {info['loss']:.4f}, reward {data.stats['reward']:.3f}, "
+                f"{info['steps']} steps, {summary['seconds']}s"
+            )
+        if writer is not None:
+            for key, value in summary.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    writer.add_scalar(f"spo/{key}", value, epoch)
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(summary) + "\n")
+        if accelerator.is_main_process and cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
+            save_checkpoint(out, epoch, model.unet, optimizer, cfg)
+        if accelerator.is_main_process and cfg.validate_every and (epoch + 1) % cfg.validate_every == 0:
+            from .report import validation_grid
+
+            validation_grid(model, prompts, out / f"validation-epoch-{epoch + 1:04d}.png")
+        accelerator.wait_for_everyone()
+
+    result = {"summary": summary, "model": model, "output_dir": out}
+    if accelerator.is_main_process:
+        result.update(export_lora(out, model, cfg))
+    if writer is not None:
+        writer.close()
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _tensorboard(logdir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is an optional extra; log.jsonl is always written
+        return _NoWriter()
+    return SummaryWriter(str(logdir))
+
+
+class _NoWriter:
+    def add_scalar(self, *a, **k):
+        pass
+
+    def close(self):
+        pass
