@@ -10,14 +10,21 @@ from ..models import DiffusionModel, load_model
 from .config import ConfigError, SPOConfig
 
 SHAPES_SCORERS = ("shapes-spm", "shapes-preference", "shapes-aesthetic")
+REBUILD = "python -m trainer.shapes.build"
+
+
+def shapes_weights(name: str) -> Path:
+    """A shipped ShapesWorld model directory (pipeline | preference | spm), checked to exist."""
+    path = Path(__file__).resolve().parent.parent / "shapes" / "weights" / name
+    if not path.is_dir() or not any(path.iterdir()):
+        raise ConfigError(f"ShapesWorld weights missing at trainer/shapes/weights/{name}; rebuild them with `{REBUILD}`")
+    return path
 
 
 def resolve_model(cfg: SPOConfig, device="cpu") -> DiffusionModel:
     source = cfg.model.source
     if source == "shapes":
-        from ..shapes import weights_dir
-
-        source = str(weights_dir("pipeline"))
+        source = str(shapes_weights("pipeline"))
     family = cfg.model.family
     if cfg.model.source == "shapes" and family == "auto":
         family = "shapes"
@@ -34,9 +41,7 @@ def resolve_scorer(cfg: SPOConfig, device="cpu"):
     from ..spm import load_spm
 
     if source in ("shapes-spm", "shapes-preference"):
-        from ..shapes import weights_dir
-
-        source = str(weights_dir("spm" if source == "shapes-spm" else "preference"))
+        source = str(shapes_weights("spm" if source == "shapes-spm" else "preference"))
     elif not Path(source).exists():
         raise ConfigError(
             f"--scorer.source: no such SPM file or directory {source!r} (download the released SPM checkpoint, "

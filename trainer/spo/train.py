@@ -204,8 +204,12 @@ def check_output_dir(out: Path) -> None:
         raise ConfigError(f"--output_dir: cannot write to {out} ({e.strerror}); choose a writable directory") from None
 
 
-def train(cfg: SPOConfig) -> dict:
-    """Run SPO post-training as configured; returns paths and the last epoch's summary."""
+def train(cfg: SPOConfig, model: DiffusionModel | None = None, scorer=None, prompts: list[str] | None = None) -> dict:
+    """Run SPO post-training as configured; returns paths and the last epoch's summary.
+
+    model / scorer / prompts: objects to use instead of resolving cfg.model / cfg.scorer /
+    cfg.prompts (library use and tests); the scorer fits trainer.scoring.Scorer.
+    """
     from accelerate import Accelerator
 
     from .sources import resolve_model, resolve_prompts, resolve_scorer
@@ -214,9 +218,9 @@ def train(cfg: SPOConfig) -> dict:
     check_output_dir(out)
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
     show = accelerator.is_local_main_process
-    prompts = resolve_prompts(cfg)
-    model = resolve_model(cfg, device=accelerator.device)
-    scorer = resolve_scorer(cfg, device=accelerator.device)
+    prompts = prompts if prompts is not None else resolve_prompts(cfg)
+    model = model if model is not None else resolve_model(cfg, device=accelerator.device)
+    scorer = scorer if scorer is not None else resolve_scorer(cfg, device=accelerator.device)
     torch.manual_seed(cfg.seed)  # LoRA init: the same on every rank
     params = add_lora(model, cfg.lora)
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -263,6 +267,10 @@ def train(cfg: SPOConfig) -> dict:
     result = {"summary": summary, "model": model, "output_dir": out}
     if accelerator.is_main_process:
         result.update(export_lora(out, model, cfg))
+        if cfg.validate_every == 0 and cfg.model.source != "shapes":  # ShapesWorld's report has its own grid
+            from .report import validation_grid
+
+            result["grid"] = validation_grid(model, prompts, out / "validation.png")
     if writer is not None:
         writer.close()
     accelerator.wait_for_everyone()

@@ -1,0 +1,98 @@
+"""What a run shows a person: validation grids, and on ShapesWorld the before/after table.
+
+Before = the base UNet (adapter disabled), after = with the trained LoRA; the same
+held-out captions and the same fixed seeds, so the two columns differ only by the LoRA.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..models import DiffusionModel
+from .rollout import sample_images
+from .step import adapter_disabled
+
+
+def _grid(rows: list[torch.Tensor], path: Path) -> Path:
+    """rows of images [N, 3, H, W] in [−1, 1] -> one PNG, a row per tensor."""
+    from PIL import Image
+
+    n = max(r.shape[0] for r in rows)
+    h, w = rows[0].shape[-2:]
+    canvas = torch.ones(3, len(rows) * (h + 2), n * (w + 2))
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            canvas[:, i * (h + 2) : i * (h + 2) + h, j * (w + 2) : j * (w + 2) + w] = (img.float().cpu() + 1) / 2
+    arr = (canvas.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def validation_grid(model: DiffusionModel, prompts: Sequence[str], path: Path, n: int = 8, seed: int = 1234) -> Path:
+    """A grid of n fixed-seed samples for the first n prompts: one row base, one row with the LoRA."""
+    prompts = list(prompts)[:n]
+    seeds = [seed + i for i in range(len(prompts))]
+    with adapter_disabled(model.unet):
+        before = sample_images(model, prompts, seeds)
+    after = sample_images(model, prompts, seeds)
+    return _grid([before, after], path)
+
+
+def mean_ci95(values: torch.Tensor) -> tuple[float, float, float]:
+    """Mean and a normal-approximation 95% interval of the mean: (mean, low, high)."""
+    v = values.double().flatten()
+    m = float(v.mean())
+    half = 1.96 * float(v.std(unbiased=True)) / max(len(v), 1) ** 0.5 if len(v) > 1 else 0.0
+    return m, m - half, m + half
+
+
+def evaluate_shapes(model: DiffusionModel, captions: Sequence[str], seeds: int, batch: int = 32) -> dict[str, torch.Tensor]:
+    """Ground-truth aesthetic and alignment of fixed-seed samples: each caption × seeds 0..seeds-1."""
+    from ..shapes import aesthetic, alignment
+
+    pairs = [(c, s) for c in captions for s in range(seeds)]
+    aes, ali, images = [], [], []
+    for i in range(0, len(pairs), batch):
+        chunk = pairs[i : i + batch]
+        imgs = sample_images(model, [c for c, _ in chunk], [10_000 + s for _, s in chunk])
+        aes.append(aesthetic(imgs))
+        ali.append(alignment(imgs, [c for c, _ in chunk]))
+        images.append(imgs)
+    return {"aesthetic": torch.cat(aes), "alignment": torch.cat(ali), "images": torch.cat(images)}
+
+
+def shapes_report(model: DiffusionModel, out: Path, seeds: int = 4) -> dict:
+    """Before/after table (Markdown + JSON) and image grid on held-out captions, fixed seeds."""
+    from ..shapes import heldout_captions
+
+    captions = heldout_captions()
+    with adapter_disabled(model.unet):
+        before = evaluate_shapes(model, captions, seeds)
+    after = evaluate_shapes(model, captions, seeds)
+    table = {"captions": len(captions), "seeds_per_caption": seeds, "metrics": {}}
+    lines = [
+        f"Ground truth on {len(captions)} held-out captions × {seeds} fixed seeds (mean [95% interval])",
+        "",
+        "| metric | before (base) | after (SPO LoRA) | change |",
+        "|---|---|---|---|",
+    ]
+    for name in ("aesthetic", "alignment"):
+        b, a = mean_ci95(before[name]), mean_ci95(after[name])
+        d = mean_ci95(after[name] - before[name])  # paired: same caption and seed
+        table["metrics"][name] = {"before": b, "after": a, "paired_change": d}
+        lines.append(
+            f"| {name} | {b[0]:.3f} [{b[1]:.3f}, {b[2]:.3f}] | {a[0]:.3f} [{a[1]:.3f}, {a[2]:.3f}] "
+            f"| {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] |"
+        )
+    markdown = "\n".join(lines) + "\n"
+    out = Path(out)
+    (out / "report.md").write_text(markdown)
+    (out / "report.json").write_text(json.dumps(table, indent=1))
+    n = min(8, len(captions))
+    idx = torch.arange(n) * seeds  # first seed of the first n captions
+    grid = _grid([before["images"][idx], after["images"][idx]], out / "before_after.png")
+    return {"markdown": markdown, "table": table, "grid": grid, "table_md": out / "report.md", "table_json": out / "report.json"}
