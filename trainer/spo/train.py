@@ -45,6 +45,12 @@ def add_lora(model: DiffusionModel, cfg) -> list[torch.nn.Parameter]:
     return params
 
 
+def lora_fingerprint(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """Tensor[2] float64 summarising the LoRA weights (sum, position-weighted sum) to compare ranks."""
+    flat = torch.cat([p.detach().double().flatten().cpu() for p in params])
+    return torch.stack([flat.sum(), (flat * torch.linspace(1, 2, len(flat), dtype=torch.float64)).sum()])
+
+
 def epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 9_973 + rank * 131) % (2**63))
 
@@ -109,7 +115,7 @@ def train_on(model, unet_for_grad, accelerator, optimizer, params, data: EpochDa
                     cfg.sampling.num_steps, cfg.sampling.guidance_scale, cfg.sampling.eta, t.beta, t.clip_eps,
                 )
                 accelerator.backward(loss / t.grad_accum)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             margins.append(float(info["reward_margin"]))
         norms.append(float(accelerator.clip_grad_norm_(params, t.max_grad_norm)))
         optimizer.step()
@@ -264,6 +270,10 @@ def train(cfg: SPOConfig, model: DiffusionModel | None = None, scorer=None, prom
             validation_grid(model, prompts, out / f"validation-epoch-{epoch + 1:04d}.png")
         accelerator.wait_for_everyone()
 
+    fingerprints = accelerator.gather(lora_fingerprint(params).to(accelerator.device)[None]).cpu()
+    if accelerator.is_main_process:
+        # DDP keeps replicas equal; written down so a multi-GPU user (and the test) can check it.
+        (out / "ranks.json").write_text(json.dumps({"lora_fingerprints": fingerprints.tolist()}))
     result = {"summary": summary, "model": model, "output_dir": out}
     if accelerator.is_main_process:
         result.update(export_lora(out, model, cfg))
