@@ -1,0 +1,24 @@
+"""ComfyUI nodes of spo-studio: host glue over trainer/ (no sampling, scoring or conversion here).
+
+Importing this package needs only torch; ComfyUI modules and trainer/ are imported when a
+node runs, so a missing optional piece shows up as a message on the node, not at start-up.
+"""
+from .host import register_model_folders
+from .lora_node import SPOLoraLoader
+from .sampler_node import SPOSampler
+from .spm_nodes import LoadSPM, StepAwareScore
+
+NODE_CLASS_MAPPINGS = {
+    "SPOLoadSPM": LoadSPM,
+    "SPOStepAwareScore": StepAwareScore,
+    "SPOSampler": SPOSampler,
+    "SPOLoraLoader": SPOLoraLoader,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "SPOLoadSPM": "Load SPM (step-aware preference model)",
+    "SPOStepAwareScore": "StepAwareScore (best-of-k)",
+    "SPOSampler": "SPOSampler",
+    "SPOLoraLoader": "SPO LoRA Loader",
+}
+
+register_model_folders()

@@ -1,0 +1,150 @@
+"""Load SPM and StepAwareScore: the step-aware preference model in ComfyUI (glue over trainer.spm)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .convert import comfy_image_to_ours, select_rows
+from .errors import NodeInputError, one_line
+from .host import SPM_FOLDER, filename_list, full_path, torch_device
+
+CATEGORY = "spo-studio"
+SCORE_CHUNK = 16  # images per SPM forward: bounds memory for large batches
+
+
+def load_spm_for_comfy(path: str, device: torch.device, dtype: torch.dtype):
+    """trainer.spm.load_spm for a file picked from models/spo.
+
+    A file whose folder also holds a config.json (our own format, or a CLIP model folder such
+    as PickScore's) loads the whole folder. A lone released .bin/.safetensors carries no
+    tokenizer; ComfyUI's bundled CLIP tokenizer (the same BPE vocabulary PickScore uses) is used
+    so that loading stays offline.
+    """
+    from trainer.spm.weights import load_spm
+
+    folder = os.path.dirname(path)
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        return load_spm(folder, device=device, dtype=dtype)
+    return load_spm(path, device=device, dtype=dtype, tokenizer=_bundled_clip_tokenizer())
+
+
+def _bundled_clip_tokenizer() -> str | None:
+    try:
+        import comfy.sd1_clip
+    except ImportError:
+        return None
+    folder = os.path.join(os.path.dirname(os.path.abspath(comfy.sd1_clip.__file__)), "sd1_tokenizer")
+    return folder if os.path.isdir(folder) else None
+
+
+def score_images(spm, images: torch.Tensor, prompt: str, timestep: int | torch.Tensor) -> torch.Tensor:
+    """SPM scores Tensor[B] (float32, CPU) of our-layout images [B, 3, H, W] in [−1, 1], in chunks."""
+    device = spm.model.logit_scale.device
+    dtype = spm.model.logit_scale.dtype
+    t = torch.as_tensor(timestep).long().reshape(-1).expand(images.shape[0])
+    out = []
+    for i in range(0, images.shape[0], SCORE_CHUNK):
+        chunk = images[i : i + SCORE_CHUNK].to(device=device, dtype=dtype)
+        out.append(spm.score(chunk, [prompt] * chunk.shape[0], t[i : i + SCORE_CHUNK]).float().cpu())
+    return torch.cat(out)
+
+
+class LoadSPM:
+    """Load a step-aware preference model (SPM) from models/spo."""
+
+    DESCRIPTION = (
+        "Loads a step-aware preference model from models/spo: the released SPO .bin/.safetensors files, "
+        "an spo-studio SPM folder, or a PickScore-style CLIP folder (step-agnostic). Works offline."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("SPM",)
+    RETURN_NAMES = ("spm",)
+    OUTPUT_TOOLTIPS = ("The preference model, for StepAwareScore and SPOSampler.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "spm_name": (filename_list(SPM_FOLDER), {
+                    "tooltip": "SPM file in models/spo. For a folder-format SPM pick its model.safetensors; "
+                               "the folder's config.json is read with it.",
+                }),
+                "precision": (["auto", "fp32", "fp16", "bf16"], {
+                    "default": "auto",
+                    "tooltip": "Weights dtype. auto: fp16 on a GPU, fp32 on the CPU. The released SPMs are "
+                               "1.3 B parameters (5.2 GB in fp32).",
+                }),
+            }
+        }
+
+    def load(self, spm_name: str, precision: str = "auto"):
+        path = full_path(SPM_FOLDER, spm_name, "Load SPM")
+        device = torch_device()
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            precision, torch.float16 if device.type == "cuda" else torch.float32
+        )
+        try:
+            spm = load_spm_for_comfy(path, device, dtype)
+        except (ValueError, OSError, RuntimeError) as e:
+            raise one_line(f"Load SPM ({spm_name})", e) from None
+        return (spm,)
+
+
+class StepAwareScore:
+    """Score an IMAGE batch with the SPM: scores, the batch sorted best-first, and the top n."""
+
+    DESCRIPTION = (
+        "Best-of-k in one node: scores every image of the batch against the prompt with the step-aware "
+        "preference model and returns the batch sorted best-first, the scores, and the top n images."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("IMAGE", "FLOAT", "IMAGE")
+    RETURN_NAMES = ("sorted_images", "scores", "top_images")
+    OUTPUT_IS_LIST = (False, True, False)
+    OUTPUT_TOOLTIPS = (
+        "The whole batch, best first.",
+        "One score per image, in the same best-first order (higher is better).",
+        "The top_n best images.",
+    )
+    FUNCTION = "score"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The batch to rank, e.g. a VAE Decode of k samples of one prompt."}),
+                "spm": ("SPM", {"tooltip": "A preference model from Load SPM."}),
+                "prompt": ("STRING", {
+                    "multiline": True, "default": "",
+                    "tooltip": "The text the images should match; usually the positive prompt.",
+                }),
+                "timestep": ("INT", {
+                    "default": 0, "min": 0, "max": 999,
+                    "tooltip": "Denoising step the images come from; 0 for finished images.",
+                }),
+                "top_n": ("INT", {
+                    "default": 1, "min": 1, "max": 4096,
+                    "tooltip": "How many of the best images the top_images output keeps.",
+                }),
+            }
+        }
+
+    def score(self, images, spm, prompt: str, timestep: int = 0, top_n: int = 1):
+        from trainer.spo.guided_sampler import rank_best_first
+
+        if not prompt.strip():
+            raise NodeInputError("StepAwareScore: the prompt is empty; type the text the images should match")
+        try:
+            scores = score_images(spm, comfy_image_to_ours(images), prompt, timestep)
+        except ValueError as e:
+            raise one_line("StepAwareScore", e) from None
+        ranking = rank_best_first(scores)
+        sorted_images = select_rows(images, ranking.order)
+        top = sorted_images[: max(1, min(top_n, images.shape[0]))]
+        lines = [f"#{r + 1}: image {int(i)}  score {float(s):.4f}" for r, (i, s) in enumerate(zip(ranking.order, ranking.scores))]
+        return {
+            "ui": {"text": ["\n".join(lines)]},
+            "result": (sorted_images, [float(s) for s in ranking.scores], top),
+        }
