@@ -65,6 +65,8 @@ class SamplingConfig:
     rounds_per_epoch: int = 2
     micro_batch: int = 0
     """chunk of candidates per UNet/VAE/scorer call when scoring (0 = all at once)"""
+    reuse_forward: bool = True
+    """reuse the continued candidate's scoring forward as the next step's (False = the reference's cost)"""
 
 
 @dataclass

@@ -179,7 +179,7 @@ def spo_round(
         pick = torch.arange(b, device=model.device) * k + choice
         chosen_score = scores.flatten()[pick.cpu()].mean().item()
         x = cand[pick]
-        out = None if cand_out is None else cand_out[pick]
+        out = cand_out[pick] if cand_out is not None and cfg.reuse_forward else None
         i = last + 1
 
     transitions = (

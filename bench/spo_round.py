@@ -1,0 +1,189 @@
+"""Cost of one SPO round and one training step: spo-studio vs what the reference implementation does.
+
+    python bench/spo_round.py                         # ShapesWorld, CPU
+    python bench/spo_round.py --model DIR --scorer SPM.bin --family sd15 --batch 4   # GPU when present
+
+spo-studio: the continued candidate's scoring forward is reused as the next step's
+forward; training runs 2 guided forwards per kept transition (θ with grad, reference =
+the same UNet with the adapter off).
+reference-style baseline: a fresh forward at every step, 4 guided forwards per transition
+(θ and ref for winner and loser) and a deep-copied frozen UNet as the reference.
+Each variant runs in its own process so peak memory is its own. Prints a table, writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+class CountingUNet(torch.nn.Module):
+    def __init__(self, unet):
+        super().__init__()
+        self.inner, self.config, self.calls, self.rows = unet, unet.config, 0, 0
+
+    def forward(self, x, *a, **k):
+        self.calls += 1
+        self.rows += x.shape[0]
+        return self.inner(x, *a, **k)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark (KiB on Linux)
+
+
+def reference_style_loss(model, frozen_unet, trainable_unet, batch, cond, uncond, cfg):
+    """The reference's training step: θ and a frozen copy, each run separately on winner and loser."""
+    from trainer.schedule import ddim_mean_std, gaussian_log_prob
+    from trainer.spo.pairs import spo_loss
+
+    s, dev = cfg.sampling, model.device
+    c, u = cond.index(batch.prompt_index), uncond.index(batch.prompt_index)
+    ts = batch.timesteps.to(dev)
+    logps = {}
+    for side, start, end in (("w", batch.start_win, batch.win), ("l", batch.start_lose, batch.lose)):
+        start, end = start.to(dev, model.dtype), end.to(dev, model.dtype)
+        out = model.guided_output(start, ts, c, u, s.guidance_scale, unet=trainable_unet)
+        mean, std, _ = ddim_mean_std(model.schedule, out, ts, start, s.num_steps, s.eta)
+        logps[side] = gaussian_log_prob(end, mean, std)
+        with torch.no_grad():
+            out = model.guided_output(start, ts, c, u, s.guidance_scale, unet=frozen_unet)
+            mean, std, _ = ddim_mean_std(model.schedule, out, ts, start, s.num_steps, s.eta)
+            logps["ref_" + side] = gaussian_log_prob(end, mean, std)
+    return spo_loss(logps["w"], logps["l"], logps["ref_w"], logps["ref_l"], cfg.train.beta, cfg.train.clip_eps)[0]
+
+
+def run_variant(args) -> dict:
+    """Measure one variant in this process."""
+    from trainer.spo.config import build_config
+    from trainer.spo.rollout import spo_round
+    from trainer.spo.sources import resolve_model, resolve_scorer
+    from trainer.spo.step import transition_loss
+    from trainer.spo.train import add_lora
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    over = {"sampling.batch_size": args.batch, "sampling.threshold": 0.0, "model.source": args.model, "scorer.source": args.scorer}
+    if args.family:
+        over["model.family"] = args.family
+    cfg = build_config(args.preset, overrides=over)
+    baseline = args.variant == "reference-style"
+    cfg.sampling.reuse_forward = not baseline
+    model = resolve_model(cfg, device=device)
+    scorer = resolve_scorer(cfg, device=device)
+    frozen = copy.deepcopy(model.unet) if baseline else None  # the reference keeps a second UNet
+    params = add_lora(model, cfg.lora)
+    counter = CountingUNet(model.unet)
+    base_unet, model.unet = model.unet, counter
+    from trainer.shapes import train_captions
+
+    prompts = (train_captions() * 10)[: args.batch] if args.model == "shapes" else ["a photo of a cat"] * args.batch
+    gen = torch.Generator().manual_seed(0)
+    spo_round(model, scorer, prompts, cfg.sampling, gen)  # warm-up
+    counter.calls = 0
+    t0 = time.perf_counter()
+    r = spo_round(model, scorer, prompts, cfg.sampling, gen)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    round_s = time.perf_counter() - t0
+    round_calls = counter.calls
+    branched_steps = r.stats["branched"] // args.batch
+
+    batch = r.transitions.index(slice(0, cfg.train.batch_size))
+    n = len(batch)
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr)
+    uncond = model.uncond_embeds(len(r.prompts))
+    times = []
+    for _ in range(3):
+        counter.calls = counter.rows = 0
+        t0 = time.perf_counter()
+        if baseline:
+            model.unet = base_unet
+            frozen_counter = CountingUNet(frozen)
+            loss = reference_style_loss(model, frozen_counter, counter, batch, r.embeds, uncond, cfg)
+            rows = counter.rows + frozen_counter.rows
+            model.unet = counter
+        else:
+            # both forwards (θ, and the reference = adapter off) go through the counter
+            loss, _ = transition_loss(model, counter, batch, r.embeds, uncond, cfg.sampling.num_steps,
+                                      cfg.sampling.guidance_scale, cfg.sampling.eta, cfg.train.beta, cfg.train.clip_eps)
+            rows = counter.rows
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return {
+        "variant": args.variant,
+        "device": str(device),
+        "model": args.model,
+        "batch_prompts": args.batch,
+        "k": cfg.sampling.k,
+        "round_seconds": round(round_s, 4),
+        "unet_calls_per_round": round_calls,
+        "unet_calls_per_branched_step": round((round_calls - cfg.sampling.branch_start) / branched_steps, 3),
+        "train_step_seconds": round(min(times), 4),
+        "transitions_per_train_step": n,
+        # guided forwards: 2 UNet rows (uncond, cond) per latent
+        "unet_forwards_per_transition": rows / (2 * n),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="shapes")
+    ap.add_argument("--scorer", default="shapes-spm")
+    ap.add_argument("--family", default="")
+    ap.add_argument("--preset", default="shapes")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--out", default="bench/results/spo_round.json")
+    ap.add_argument("--variant", choices=["spo-studio", "reference-style"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return
+    rows = []
+    for variant in ("spo-studio", "reference-style"):
+        cmd = [sys.executable, __file__, "--variant", variant, "--model", args.model, "--scorer", args.scorer,
+               "--preset", args.preset, "--batch", str(args.batch)] + (["--family", args.family] if args.family else [])
+        res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        if res.returncode != 0:
+            sys.exit(f"{variant} failed:\n{res.stderr[-2000:]}")
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    ours, ref = rows
+    ratios = {
+        "round_time": ref["round_seconds"] / ours["round_seconds"],
+        "round_unet_calls": ref["unet_calls_per_round"] / ours["unet_calls_per_round"],
+        "train_step_time": ref["train_step_seconds"] / ours["train_step_seconds"],
+        "train_forwards_per_transition_batch": ref["unet_forwards_per_transition"] / ours["unet_forwards_per_transition"],
+        "peak_memory": ref["peak_memory_mb"] / ours["peak_memory_mb"],
+    }
+    cols = ["variant", "round_seconds", "unet_calls_per_round", "unet_calls_per_branched_step", "train_step_seconds",
+            "unet_forwards_per_transition", "peak_memory_mb"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    print("\nreference-style / spo-studio: " + ", ".join(f"{k} ×{v:.2f}" for k, v in ratios.items()))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "ratios": ratios}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
