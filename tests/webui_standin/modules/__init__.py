@@ -1,0 +1,1 @@
+"""Stand-in for AUTOMATIC1111's `modules` package (see ../README.md)."""

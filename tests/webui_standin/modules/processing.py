@@ -1,0 +1,156 @@
+"""modules.processing: the txt2img job and its infotext, with A1111's order of script hooks.
+
+process_images: before_process -> prompts and seeds -> process -> per batch: prompts/seeds
+slices, per-seed rng, before_process_batch, process_batch, conds, sample (create sampler,
+x_T = rng.next(), process_before_every_sampling, sampler.sample) -> decode -> clamp to [0, 1]
+-> postprocess_batch -> postprocess_batch_list -> one infotext per image -> Processed ->
+postprocess.
+"""
+import numpy as np
+import torch
+from PIL import Image
+
+from modules import infotext_utils, rng, scripts, sd_samplers, shared
+
+opt_f = 8
+
+
+def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iteration=0, position_in_batch=0,
+                    use_main_prompt=False, index=None, all_negative_prompts=None):
+    if use_main_prompt:
+        index = 0
+    elif index is None:
+        index = position_in_batch + iteration * p.batch_size
+    if all_negative_prompts is None:
+        all_negative_prompts = p.all_negative_prompts
+    prompt_text = p.main_prompt if use_main_prompt else all_prompts[index]
+    negative_prompt = p.main_negative_prompt if use_main_prompt else all_negative_prompts[index]
+    generation_params = {
+        "Steps": p.steps,
+        "Sampler": p.sampler_name,
+        "Schedule type": p.scheduler,
+        "CFG scale": p.cfg_scale,
+        "Seed": p.all_seeds[0] if use_main_prompt else all_seeds[index],
+        "Size": f"{p.width}x{p.height}",
+        **p.extra_generation_params,
+    }
+    for key, value in generation_params.items():
+        try:
+            if isinstance(value, list):
+                generation_params[key] = value[index]
+            elif callable(value):
+                generation_params[key] = value(**locals())
+        except Exception:
+            generation_params[key] = None
+    text = ", ".join(k if k == v else f"{k}: {infotext_utils.quote(v)}" for k, v in generation_params.items() if v is not None)
+    negative_prompt_text = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
+    return f"{prompt_text}{negative_prompt_text}\n{text}".strip()
+
+
+class StableDiffusionProcessing:
+    def __init__(self, prompt="", negative_prompt="", seed=-1, sampler_name="Euler a", scheduler="Automatic",
+                 batch_size=1, n_iter=1, steps=20, cfg_scale=5.0, width=64, height=64, eta=None,
+                 sd_model=None, script_args=None, scripts_runner=None):
+        self.prompt, self.negative_prompt, self.seed = prompt, negative_prompt, seed
+        self.subseed, self.subseed_strength = -1, 0.0
+        self.sampler_name, self.scheduler = sampler_name, scheduler
+        self.batch_size, self.n_iter, self.steps, self.cfg_scale = batch_size, n_iter, steps, cfg_scale
+        self.width, self.height, self.eta = width, height, eta
+        self.sd_model = sd_model if sd_model is not None else shared.sd_model
+        self.scripts = scripts_runner
+        self.script_args = script_args or []
+        self.extra_generation_params = {}
+        self.comments = {}
+        self.is_hr_pass = False
+        self.sampler = None
+        self.iteration = 0
+
+    def comment(self, text):
+        self.comments[text] = 1
+
+    def setup_prompts(self):
+        self.all_prompts = self.prompt if isinstance(self.prompt, list) else self.batch_size * self.n_iter * [self.prompt]
+        self.all_negative_prompts = [self.negative_prompt] * len(self.all_prompts)
+        self.main_prompt, self.main_negative_prompt = self.all_prompts[0], self.all_negative_prompts[0]
+
+    def init(self, all_prompts, all_seeds, all_subseeds):
+        pass
+
+    def setup_conds(self):
+        self.c = self.sd_model.get_learned_conditioning(self.prompts)
+        self.uc = self.sd_model.get_learned_conditioning(self.negative_prompts)
+
+
+class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
+    def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
+        self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
+        x = self.rng.next()
+        if self.scripts is not None:
+            self.scripts.process_before_every_sampling(p=self, x=x, noise=x, c=conditioning, uc=unconditional_conditioning)
+        return self.sampler.sample(self, x, conditioning, unconditional_conditioning)
+
+
+class Processed:
+    def __init__(self, p, images_list, infotexts=None):
+        self.images = images_list
+        self.prompt, self.all_prompts = p.prompt, p.all_prompts
+        self.all_negative_prompts = p.all_negative_prompts
+        self.all_seeds, self.all_subseeds = p.all_seeds, p.all_subseeds
+        self.batch_size = p.batch_size
+        self.comments = "".join(f"{comment}\n" for comment in p.comments)
+        self.extra_generation_params = p.extra_generation_params
+        self.infotexts = infotexts or []
+        self.info = self.infotexts[0] if self.infotexts else ""
+
+
+def process_images(p) -> Processed:
+    if p.scripts is not None:
+        p.scripts.before_process(p)
+    p.setup_prompts()
+    seed = int(p.seed)
+    p.all_seeds = [seed + x for x in range(len(p.all_prompts))]
+    p.all_subseeds = [seed + x for x in range(len(p.all_prompts))]
+    if p.scripts is not None:
+        p.scripts.process(p)
+    infotexts, output_images = [], []
+    with torch.no_grad():
+        p.init(p.all_prompts, p.all_seeds, p.all_subseeds)
+        for n in range(p.n_iter):
+            p.iteration = n
+            p.prompts = p.all_prompts[n * p.batch_size:(n + 1) * p.batch_size]
+            p.negative_prompts = p.all_negative_prompts[n * p.batch_size:(n + 1) * p.batch_size]
+            p.seeds = p.all_seeds[n * p.batch_size:(n + 1) * p.batch_size]
+            p.subseeds = p.all_subseeds[n * p.batch_size:(n + 1) * p.batch_size]
+            latent_channels = getattr(shared.sd_model, "latent_channels", 4)
+            p.rng = rng.ImageRNG((latent_channels, p.height // opt_f, p.width // opt_f), p.seeds)
+            if p.scripts is not None:
+                p.scripts.before_process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
+                p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
+            p.setup_conds()
+            samples = p.sample(conditioning=p.c, unconditional_conditioning=p.uc, seeds=p.seeds, subseeds=p.subseeds,
+                               subseed_strength=p.subseed_strength, prompts=p.prompts)
+            x_samples = torch.stack(list(p.sd_model.decode_first_stage(samples))).float()
+            x_samples = torch.clamp((x_samples + 1.0) / 2.0, min=0.0, max=1.0)
+            if p.scripts is not None:
+                p.scripts.postprocess_batch(p, x_samples, batch_number=n)
+                p.prompts = p.all_prompts[n * p.batch_size:(n + 1) * p.batch_size]
+                p.negative_prompts = p.all_negative_prompts[n * p.batch_size:(n + 1) * p.batch_size]
+                batch_params = scripts.PostprocessBatchListArgs(list(x_samples))
+                p.scripts.postprocess_batch_list(p, batch_params, batch_number=n)
+                x_samples = batch_params.images
+
+            def infotext(index=0, use_main_prompt=False):
+                return create_infotext(p, p.prompts, p.seeds, p.subseeds, use_main_prompt=use_main_prompt, index=index,
+                                       all_negative_prompts=p.negative_prompts)
+
+            for i, x_sample in enumerate(x_samples):
+                arr = (255.0 * np.moveaxis(x_sample.cpu().numpy(), 0, 2)).astype(np.uint8)
+                image = Image.fromarray(arr)
+                text = infotext(i)
+                infotexts.append(text)
+                image.info["parameters"] = text
+                output_images.append(image)
+    res = Processed(p, output_images, infotexts=infotexts)
+    if p.scripts is not None:
+        p.scripts.postprocess(p, res)
+    return res

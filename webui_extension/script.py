@@ -1,0 +1,312 @@
+"""The always-visible "SPO" script for txt2img and img2img (AUTOMATIC1111 / Forge).
+
+Glue only: the sampling is `trainer.spo.guided_sampler` (through `guided.py`), the scoring
+is `trainer.spm`. What happens, by A1111 hook:
+
+- process: read the accordion (or the API args), load the SPM, check it fits the
+  checkpoint; best-of-k: k copies of every image (seeds s, s+N, s+2N, ...).
+- process_before_every_sampling: per-step mode swaps the sampler's k-diffusion function
+  for SPO-guided sampling on the same sigmas (not on the hires-fix pass).
+- postprocess_batch_list: score every image at t = 0; best-of-k keeps the best of each k.
+- infotext: the settings and each image's SPM score, read back by "send to txt2img".
+
+Any problem (missing SPM, wrong family, k < 2, a prompt the SPM rejects) becomes one line
+under the images and in the console; the image is then generated without SPO.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import gradio as gr
+import torch
+
+from modules import devices, paths, script_callbacks, scripts, sd_samplers_common, sd_samplers_kdiffusion, shared
+from modules.ui_components import InputAccordion
+
+from . import guided, scorer_tab
+from .settings import (
+    KEY_K,
+    KEY_MODE,
+    KEY_SCORE,
+    KEY_SELECTION,
+    KEY_SPM,
+    KEY_TEMPERATURE,
+    KEY_WINDOW,
+    MODES,
+    SELECTIONS,
+    K_MAX,
+    SPOSettings,
+)
+from .spm_files import SPMCache, SPMUnavailable, check_family, default_spm_dir, list_spm_files, resolve_spm
+
+log = logging.getLogger("spo_studio")
+
+INFOTEXT_KEYS = (KEY_MODE, KEY_SPM, KEY_K, KEY_WINDOW, KEY_SELECTION, KEY_TEMPERATURE, KEY_SCORE)
+SPM_CACHE = SPMCache(device=None)  # the device is set on first use: devices.device is known only then
+
+
+def spm_dir() -> str:
+    """`--spo-models-dir` (preload.py) or `models/spo`."""
+    return default_spm_dir(paths.models_path, getattr(shared.cmd_opts, "spo_models_dir", None))
+
+
+def model_family(sd_model) -> str:
+    """"sd15" | "sdxl" | another name for checkpoints SPO does not support."""
+    if getattr(sd_model, "is_sdxl", False):
+        return "sdxl"
+    for flag, name in (("is_sd3", "SD3"), ("is_sd2", "SD2"), ("is_ssd", "SSD-1B")):
+        if getattr(sd_model, flag, False):
+            return name
+    return "sd15"
+
+
+def load_spm_by_name(name: str):
+    """The SPM file `name` from the SPM folder, loaded once onto the WebUI's device."""
+    if SPM_CACHE._device is None:
+        SPM_CACHE._device = devices.device
+    return SPM_CACHE.get(resolve_spm(spm_dir(), name))
+
+
+def load_checked_spm(settings: SPOSettings, sd_model):
+    """The SPM for these settings, checked against the loaded checkpoint's family."""
+    loaded = load_spm_by_name(settings.spm)
+    check_family(loaded.family, model_family(sd_model), settings.spm)
+    return loaded.model
+
+
+def register_callbacks() -> None:
+    """Add the "SPO Scorer" tab. Called by the scripts/ entry file each time A1111 loads it
+    (A1111 clears all callbacks before re-running scripts on "Reload UI")."""
+    script_callbacks.on_ui_tabs(
+        lambda: scorer_tab.create_tab(lambda: list_spm_files(spm_dir()), lambda name: load_spm_by_name(name).model)
+    )
+
+
+@dataclass
+class RunState:
+    """Per-generation state, kept on the processing object as `p.spo`."""
+
+    settings: SPOSettings
+    spm: object = None
+    active: bool = False
+    batch_size: int = 0  # the user's batch size (best-of-k multiplies p.batch_size by k)
+    messages: list[str] = field(default_factory=list)
+    # infotext per image, keyed by (seed, prompt): A1111 indexes images per batch in one place
+    # and per job in another, but both pass matching seed and prompt lists.
+    fields: dict[tuple[int, str], dict[str, str]] = field(default_factory=dict)
+    kept: dict[str, list] = field(default_factory=lambda: {"prompts": [], "negative_prompts": [], "seeds": [], "subseeds": []})
+    sampler_fn: guided.SPOSamplerFunction | None = None
+
+    def say(self, p, message: str) -> None:
+        """Show a message under the images (A1111 comments) and in the console, once."""
+        if message in self.messages:
+            return
+        self.messages.append(message)
+        p.comment(message)
+        log.warning(message)
+        print(message)
+
+
+class SPOScript(scripts.Script):
+    """Step-aware Preference Optimization at generation time: the "SPO" accordion."""
+
+    def title(self):
+        return "SPO"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        d = SPOSettings()
+        choices = list_spm_files(spm_dir())
+        with InputAccordion(False, label="SPO: step-aware preference", elem_id=self.elem_id("enabled")) as enabled:
+            with gr.Row():
+                mode = gr.Radio(list(MODES), value=d.mode, label="Mode", elem_id=self.elem_id("mode"),
+                                info="per-step: k candidates at each step, the SPM keeps one; best-of-k: k images, keep the best")
+                spm = gr.Dropdown(choices, value=choices[0] if choices else None, label="Step-aware preference model (models/spo)",
+                                  elem_id=self.elem_id("spm"), allow_custom_value=True)
+                refresh = gr.Button("\U0001f504", elem_id=self.elem_id("refresh"), scale=0)
+                refresh.click(fn=lambda: gr.update(choices=list_spm_files(spm_dir())), inputs=[], outputs=[spm])
+            with gr.Row():
+                k = gr.Slider(2, K_MAX, value=d.k, step=1, label="k (candidates per step / images per prompt)", elem_id=self.elem_id("k"))
+            with gr.Row():
+                window_start = gr.Slider(0.0, 1.0, value=d.window_start, step=0.05, label="Branch from (fraction of steps)",
+                                         elem_id=self.elem_id("window_start"))
+                window_end = gr.Slider(0.0, 1.0, value=d.window_end, step=0.05, label="Branch until", elem_id=self.elem_id("window_end"))
+            with gr.Row():
+                selection = gr.Radio(list(SELECTIONS), value=d.selection, label="Selection", elem_id=self.elem_id("selection"))
+                temperature = gr.Slider(0.01, 10.0, value=d.temperature, step=0.01, label="Softmax temperature",
+                                        elem_id=self.elem_id("temperature"))
+
+        def pasted(name):
+            return lambda params: getattr(SPOSettings.from_infotext(params), name) if KEY_MODE in params else None
+
+        self.infotext_fields = [
+            (enabled, lambda params: KEY_MODE in params),  # no "SPO" in the infotext: switch it off
+            (mode, pasted("mode")),
+            (spm, pasted("spm")),
+            (k, pasted("k")),
+            (window_start, pasted("window_start")),
+            (window_end, pasted("window_end")),
+            (selection, pasted("selection")),
+            (temperature, pasted("temperature")),
+        ]
+        self.paste_field_names = list(INFOTEXT_KEYS)
+        return [enabled, mode, spm, k, window_start, window_end, selection, temperature]
+
+    # ------------------------------------------------------------------ hooks
+
+    def process(self, p, *args):
+        settings = SPOSettings.from_args(*args)
+        state = RunState(settings=settings, batch_size=p.batch_size)
+        p.spo = state
+        if not settings.enabled:
+            return
+        problem = settings.problem()
+        if problem is not None:
+            state.say(p, problem)
+            return
+        try:
+            state.spm = load_checked_spm(settings, p.sd_model)
+        except SPMUnavailable as e:
+            state.say(p, str(e))
+            return
+        if settings.mode == "best-of-k" and not _expand_for_best_of_k(p, settings.k, state):
+            return
+        state.active = True
+        for key in INFOTEXT_KEYS:
+            p.extra_generation_params[key] = _infotext_field(state, key)
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        state = getattr(p, "spo", None)
+        if state is None or not state.active or state.settings.mode != "per-step" or getattr(p, "is_hr_pass", False):
+            return
+        try:
+            guided.preflight(state.spm, p.prompts)
+        except Exception as e:  # e.g. a prompt the SPM's tokenizer rejects
+            state.say(p, f"SPO: the SPM cannot score this batch's prompts ({type(e).__name__}: {e}); generated without SPO.")
+            state.sampler_fn = None
+            return
+        fn = guided.SPOSamplerFunction(
+            settings=state.settings,
+            spm=state.spm,
+            prompts=list(p.prompts),
+            decode=lambda x0: sd_samplers_common.samples_to_images_tensor(x0, 0, p.sd_model).float(),
+            noise=p.rng.next,
+            choice_generator=torch.Generator().manual_seed(int(p.seeds[0])),
+        )
+        _install_sampler_function(p, fn)
+        state.sampler_fn = fn
+
+    def postprocess_batch_list(self, p, pp, *args, **kwargs):
+        state = getattr(p, "spo", None)
+        if state is None or not state.active or not pp.images:
+            return
+        fn, state.sampler_fn = state.sampler_fn, None
+        if state.settings.mode == "per-step":
+            if fn is None:
+                return  # this batch ran without SPO (message already shown)
+            if fn.report.error is not None:
+                state.say(p, fn.report.error)
+                return
+        try:
+            images = torch.stack([img.float() for img in pp.images]) * 2 - 1
+            scores = guided.score_images(state.spm, images, p.prompts, torch.zeros(len(pp.images), dtype=torch.long))
+        except Exception as e:
+            scores = None
+            state.say(p, f"SPO: the SPM could not score the images ({type(e).__name__}: {e}).")
+        if state.settings.mode == "best-of-k":
+            _keep_best_of_k(p, pp, scores, state)
+        if scores is None:
+            return
+        for i in range(len(pp.images)):
+            score = scores[i] if state.settings.mode == "per-step" else p.spo_kept_scores[i]
+            fields = dict(state.settings.infotext())
+            fields[KEY_SCORE] = f"{float(score):.4f}"
+            state.fields[(int(p.seeds[i]), p.prompts[i])] = fields
+
+    def postprocess(self, p, processed, *args):
+        state = getattr(p, "spo", None)
+        if state is None or not state.active or state.settings.mode != "best-of-k":
+            return
+        # the job's lists were k times longer while sampling; report the kept images only
+        processed.all_prompts = state.kept["prompts"]
+        processed.all_negative_prompts = state.kept["negative_prompts"]
+        processed.all_seeds = state.kept["seeds"]
+        processed.all_subseeds = state.kept["subseeds"]
+        processed.batch_size = state.batch_size
+        p.batch_size = state.batch_size
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _infotext_field(state: RunState, key: str):
+    """An A1111 infotext callable: this image's value of `key`, or None (field left out)."""
+
+    def value(all_seeds=None, all_prompts=None, index=0, **_):
+        try:
+            return state.fields.get((int(all_seeds[index]), all_prompts[index]), {}).get(key)
+        except (IndexError, TypeError, ValueError):
+            return None
+
+    return value
+
+
+def _install_sampler_function(p, fn) -> None:
+    """Make the sampler about to run call `fn` on its own sigmas.
+
+    A k-diffusion sampler (Euler a, DPM++ 2M, LCM, ...) keeps its scheduler (Karras, ...);
+    DDIM, PLMS and UniPC step in timesteps, so they are replaced by a k-diffusion sampler on
+    the model's default sigmas.
+    """
+    sampler = p.sampler
+    if not isinstance(sampler, sd_samplers_kdiffusion.KDiffusionSampler):
+        name = getattr(getattr(sampler, "config", None), "name", "?")
+        sampler = sd_samplers_kdiffusion.KDiffusionSampler(fn, p.sd_model)
+        sampler.config = sd_samplers_common.SamplerData(f"SPO ({name})", None, [], {})
+        p.sampler = sampler
+    sampler.func = fn
+
+
+def _expand_for_best_of_k(p, k: int, state: RunState) -> bool:
+    """k copies of every image of the job, each group of k contiguous in its batch.
+
+    Copy m of the image with seed s gets seed s + m·N (N images in the job): copy 0 is the
+    image SPO-off generation gives, so best-of-k never keeps a worse one by the SPM.
+    """
+    if getattr(p, "init_images", None) and len(p.init_images) > 1:
+        state.say(p, "SPO: best-of-k works with one init image; generated without SPO.")
+        return False
+    n = len(p.all_prompts)
+
+    def rep(values):
+        return [v for v in values for _ in range(k)]
+
+    p.all_prompts = rep(p.all_prompts)
+    p.all_negative_prompts = rep(p.all_negative_prompts)
+    p.all_seeds = [int(s) + m * n for s in p.all_seeds for m in range(k)]
+    p.all_subseeds = rep(p.all_subseeds)
+    for name in ("all_hr_prompts", "all_hr_negative_prompts"):
+        if getattr(p, name, None):
+            setattr(p, name, rep(getattr(p, name)))
+    p.batch_size = p.batch_size * k
+    return True
+
+
+def _keep_best_of_k(p, pp, scores, state: RunState) -> None:
+    """Keep the best image of each group of k in this batch (the first when there are no scores)."""
+    k = state.settings.k
+    keep, kept_scores = [], []
+    for g in range(len(pp.images) // k):
+        rows = list(range(g * k, (g + 1) * k))
+        best = rows[0] if scores is None else max(rows, key=lambda r: float(scores[r]))
+        keep.append(best)
+        kept_scores.append(None if scores is None else float(scores[best]))
+    pp.images = [pp.images[i] for i in keep]
+    for name in ("prompts", "negative_prompts", "seeds", "subseeds"):
+        values = [getattr(p, name)[i] for i in keep]
+        setattr(p, name, values)
+        state.kept[name].extend(values)
+    p.spo_kept_scores = kept_scores
