@@ -317,6 +317,12 @@ def _load_hub(repo_id: str, family: str, dtype: torch.dtype) -> DiffusionModel:
 
 
 def _load_single_file(path: Path, family: str, dtype: torch.dtype, config_dir) -> DiffusionModel:
+    """An original-layout (LDM) checkpoint through diffusers' single-file loader.
+
+    Configs come from `config_dir` (a diffusers-layout directory with tokenizers), else the
+    shipped trainer/configs/<family> when it holds tokenizers, else diffusers' own lookup
+    (the local hub cache when offline).
+    """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     keys = _read_single_file_keys(path)
@@ -324,18 +330,20 @@ def _load_single_file(path: Path, family: str, dtype: torch.dtype, config_dir) -
     if config_dir is None:
         from .configs import config_dir as shipped
 
-        config_dir = shipped(fam)
-    config_dir = Path(config_dir)
-    if not (config_dir / "tokenizer").is_dir():
-        raise ModelLoadError(
-            f"{path}: single-file loading offline needs a diffusers-layout config directory with tokenizer files; "
-            f"pass --model.config_dir (e.g. a local copy of the base model's repository without weights)"
-        )
+        if (shipped(fam) / "tokenizer").is_dir():
+            config_dir = shipped(fam)
+    kwargs = {"torch_dtype": dtype}
+    if config_dir is not None:
+        config_dir = Path(config_dir)
+        if not (config_dir / "tokenizer").is_dir():
+            raise ModelLoadError(f"{config_dir}: --model.config_dir must be a diffusers-layout directory with tokenizer/")
+        kwargs.update(config=str(config_dir), local_files_only=True)
     pipe_cls = StableDiffusionXLPipeline if fam == "sdxl" else StableDiffusionPipeline
     try:
-        pipe = pipe_cls.from_single_file(str(path), config=str(config_dir), local_files_only=True, torch_dtype=dtype)
-    except Exception as e:  # diffusers raises assorted types for mismatched checkpoints
-        raise ModelLoadError(f"{path}: cannot load as {fam} single-file checkpoint ({str(e).splitlines()[0]})") from None
+        pipe = pipe_cls.from_single_file(str(path), **kwargs)
+    except Exception as e:  # diffusers raises assorted types for mismatched checkpoints and missing configs
+        hint = "" if config_dir else "; offline, pass --model.config_dir DIR (the base model's diffusers repo without weights)"
+        raise ModelLoadError(f"{path}: cannot load as {fam} single-file checkpoint ({str(e).splitlines()[0][:200]}){hint}") from None
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if fam == "sdxl" else [])
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if fam == "sdxl" else [])
     schedule = NoiseSchedule.from_scheduler_config(pipe.scheduler.config)
