@@ -202,7 +202,9 @@ def test_accelerate_two_processes_hold_identical_lora(models_dir, tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+        # accelerate's --cpu flag starts ONE process unless MPI is set up; --multi_gpu starts torchrun,
+        # and the trainer joins the ranks in a gloo group when there is no GPU.
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "trainer.spo",
         "--model.source", str(tiny_dir(models_dir, False)), "--model.family", "sd15",
         "--scorer.source", "shapes-aesthetic", "--prompts", str(prompts), "--output_dir", str(out),

@@ -168,7 +168,7 @@ def load_checkpoint(path: Path, unet, optimizer) -> int:
 # -- outputs -------------------------------------------------------------------------------------
 def export_lora(out: Path, model: DiffusionModel, cfg: SPOConfig) -> dict[str, Path]:
     """The trained adapter as a kohya/WebUI file and in diffusers/PEFT form, with the config beside it."""
-    from ..lora import lora_from_peft, save_kohya
+    from ..lora import lora_from_peft, save_diffusers, save_kohya
 
     name = Path(cfg.output_dir).name or "spo"
     kohya = out / f"{name}.safetensors"
@@ -184,7 +184,7 @@ def export_lora(out: Path, model: DiffusionModel, cfg: SPOConfig) -> dict[str, P
         "lr": cfg.train.lr,
         "scorer": cfg.scorer.source,
     }
-    state = lora_from_peft(model.unet, component="unet")
+    state = lora_from_peft(model.unet, component="unet", family=model.family.name)
     save_kohya(
         state,
         kohya,
@@ -195,7 +195,8 @@ def export_lora(out: Path, model: DiffusionModel, cfg: SPOConfig) -> dict[str, P
         dtype=torch.float16,
     )
     peft_dir = out / "diffusers"
-    model.unet.save_lora_adapter(str(peft_dir))
+    peft_dir.mkdir(exist_ok=True)
+    save_diffusers(state, peft_dir / "pytorch_lora_weights.safetensors", dtype=torch.float32)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return {"kohya": kohya, "diffusers": peft_dir}
 
@@ -222,7 +223,10 @@ def train(cfg: SPOConfig, model: DiffusionModel | None = None, scorer=None, prom
 
     out = Path(cfg.output_dir)
     check_output_dir(out)
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    # Without a GPU, processes started by torchrun (`accelerate launch --multi_gpu`) must be told
+    # to use the CPU, or accelerate runs each of them alone instead of as one gloo group.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=multi_cpu)
     show = accelerator.is_local_main_process
     prompts = prompts if prompts is not None else resolve_prompts(cfg)
     model = model if model is not None else resolve_model(cfg, device=accelerator.device)
