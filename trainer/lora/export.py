@@ -223,7 +223,10 @@ def to_diffusers_state_dict(state: LoraState, dtype: torch.dtype | None = None) 
             down, up = (mod.down, mod.up) if dtype is None else (mod.down.to(dtype), mod.up.to(dtype))
             tensors[f"{component}.{path}.lora_A.weight"] = down.detach().cpu().contiguous()
             tensors[f"{component}.{path}.lora_B.weight"] = up.detach().cpu().contiguous()
-        for k, v in lora_config_dict(mods).items():
+        # target/pattern names match as suffixes in peft, so text paths without "text_model."
+        # find the layers with and without that level (transformers 4 and 5)
+        names = {module_path_for(component, p, False): m for p, m in mods.items()}
+        for k, v in lora_config_dict(names).items():
             packed[f"{component}.{k}"] = v
     return tensors, {"lora_adapter_metadata": json.dumps(packed, indent=2, sort_keys=True)}
 
