@@ -16,19 +16,11 @@ from .rollout import sample_images
 from .step import adapter_disabled
 
 
-def _grid(rows: list[torch.Tensor], path: Path) -> Path:
-    """rows of images [N, 3, H, W] in [−1, 1] -> one PNG, a row per tensor."""
-    from PIL import Image
+def _save_grid(rows: list[torch.Tensor], path: Path, labels: list[str]) -> Path:
+    from ..shapes import image_grid  # a plain [-1, 1] image grid; nothing ShapesWorld-specific
 
-    n = max(r.shape[0] for r in rows)
-    h, w = rows[0].shape[-2:]
-    canvas = torch.ones(3, len(rows) * (h + 2), n * (w + 2))
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            canvas[:, i * (h + 2) : i * (h + 2) + h, j * (w + 2) : j * (w + 2) + w] = (img.float().cpu() + 1) / 2
-    arr = (canvas.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
+    image_grid(rows, labels, scale=max(1, 128 // rows[0].shape[-1])).save(path)
     return path
 
 
@@ -39,15 +31,7 @@ def validation_grid(model: DiffusionModel, prompts: Sequence[str], path: Path, n
     with adapter_disabled(model.unet):
         before = sample_images(model, prompts, seeds)
     after = sample_images(model, prompts, seeds)
-    return _grid([before, after], path)
-
-
-def mean_ci95(values: torch.Tensor) -> tuple[float, float, float]:
-    """Mean and a normal-approximation 95% interval of the mean: (mean, low, high)."""
-    v = values.double().flatten()
-    m = float(v.mean())
-    half = 1.96 * float(v.std(unbiased=True)) / max(len(v), 1) ** 0.5 if len(v) > 1 else 0.0
-    return m, m - half, m + half
+    return _save_grid([before, after], path, ["base", "SPO"])
 
 
 def evaluate_shapes(model: DiffusionModel, captions: Sequence[str], seeds: int, batch: int = 32) -> dict[str, torch.Tensor]:
@@ -67,7 +51,7 @@ def evaluate_shapes(model: DiffusionModel, captions: Sequence[str], seeds: int, 
 
 def shapes_report(model: DiffusionModel, out: Path, seeds: int = 4) -> dict:
     """Before/after table (Markdown + JSON) and image grid on held-out captions, fixed seeds."""
-    from ..shapes import heldout_captions
+    from ..shapes import heldout_captions, mean_ci95
 
     captions = heldout_captions()
     with adapter_disabled(model.unet):
@@ -94,5 +78,5 @@ def shapes_report(model: DiffusionModel, out: Path, seeds: int = 4) -> dict:
     (out / "report.json").write_text(json.dumps(table, indent=1))
     n = min(8, len(captions))
     idx = torch.arange(n) * seeds  # first seed of the first n captions
-    grid = _grid([before["images"][idx], after["images"][idx]], out / "before_after.png")
+    grid = _save_grid([before["images"][idx], after["images"][idx]], out / "before_after.png", ["base", "SPO"])
     return {"markdown": markdown, "table": table, "grid": grid, "table_md": out / "report.md", "table_json": out / "report.json"}

@@ -10,14 +10,17 @@ from ..models import DiffusionModel, load_model
 from .config import ConfigError, SPOConfig
 
 SHAPES_SCORERS = ("shapes-spm", "shapes-preference", "shapes-aesthetic")
-REBUILD = "python -m trainer.shapes.build"
 
 
-def shapes_weights(name: str) -> Path:
-    """A shipped ShapesWorld model directory (pipeline | preference | spm), checked to exist."""
-    path = Path(__file__).resolve().parent.parent / "shapes" / "weights" / name
+def shapes_weights(part: str) -> Path:
+    """A shipped ShapesWorld model directory (pipeline | preference | spm), checked to be there."""
+    from ..shapes.weights_dir import REBUILD, ShapesWeightsError, check_weights, weights_dir
+
+    if part == "pipeline":
+        return check_weights()
+    path = weights_dir(part)
     if not path.is_dir() or not any(path.iterdir()):
-        raise ConfigError(f"ShapesWorld weights missing at trainer/shapes/weights/{name}; rebuild them with `{REBUILD}`")
+        raise ShapesWeightsError(f"ShapesWorld {part} model not found at {path}; rebuild it with `{REBUILD}`")
     return path
 
 
