@@ -50,7 +50,10 @@ def resolve_scorer(cfg: SPOConfig, device="cpu"):
             f"--scorer.source: no such SPM file or directory {source!r} (download the released SPM checkpoint, "
             f"or use one of {', '.join(SHAPES_SCORERS)})"
         )
-    return load_spm(source, device=device)
+    try:
+        return load_spm(source, device=device)
+    except ValueError as e:  # trainer.spm's messages already name the file and the problem
+        raise ConfigError(f"--scorer.source: {e}") from None
 
 
 def resolve_prompts(cfg: SPOConfig) -> list[str]:
