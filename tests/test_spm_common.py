@@ -53,3 +53,74 @@ def released_state_dict(spm, legacy_position_ids: bool = True) -> dict:
 def tokenizer_dir(root: Path) -> Path:
     write_tokenizer(Path(root) / "tokenizer", max_length=16)
     return Path(root) / "tokenizer"
+
+
+def near_identity_vae(width: int = 8, gain: float = 0.5):
+    """An AutoencoderKL (real class, SD layout, no downsampling) whose weights are set by hand so that
+    decode(encode(x)) ≈ x up to a per-image scale: colours and shapes survive, as in a trained VAE.
+
+    Resnets and attention are made residual identities (zero output convs); the convs route
+    [R, G, B, −R, −G, −B] through one GroupNorm group, whose mean is then zero (only the scale is
+    normalised away) and a SiLU biased into its near-linear range. A random VAE scrambles images
+    beyond what a tiny SPM can learn in seconds; this one does not.
+    """
+    from diffusers import AutoencoderKL
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import ResnetBlock2D
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(width,), layers_per_block=1, latent_channels=4, norm_num_groups=1, sample_size=16,
+        scaling_factor=1.0,
+    )
+    beta = 4.0
+    slope = float(torch.sigmoid(torch.tensor(beta)) * (1 + beta * (1 - torch.sigmoid(torch.tensor(beta)))))  # SiLU'(β)
+    offset = float(torch.nn.functional.silu(torch.tensor(beta)))
+
+    def route(conv, taps, bias=0.0):
+        conv.weight.zero_()
+        conv.bias.fill_(bias)
+        c = conv.kernel_size[0] // 2
+        for out_ch, in_ch, w in taps:
+            conv.weight[out_ch, in_ch, c, c] = w
+
+    signed = [(k, k, 1.0) for k in range(3)] + [(3 + k, k, -1.0) for k in range(3)]
+    with torch.no_grad():
+        for m in vae.modules():
+            if isinstance(m, ResnetBlock2D):
+                m.conv2.weight.zero_()
+                m.conv2.bias.zero_()
+            elif isinstance(m, Attention):
+                m.to_out[0].weight.zero_()
+                m.to_out[0].bias.zero_()
+        for coder in (vae.encoder, vae.decoder):
+            coder.conv_norm_out.weight.fill_(gain)
+            coder.conv_norm_out.bias.fill_(beta)
+        route(vae.encoder.conv_in, signed)
+        route(vae.decoder.conv_in, signed)
+        w = 1.0 / (gain * slope)
+        route(vae.encoder.conv_out, [(k, k, w) for k in range(4)])
+        vae.encoder.conv_out.bias[:4] = -offset * w
+        vae.encoder.conv_out.bias[4:] = -20.0  # log-variance: the posterior is (nearly) a point
+        # ×0.5: GroupNorm leaves unit RMS over 8 channels, i.e. about twice a typical image's scale
+        route(vae.decoder.conv_out, [(k, k, 0.5 * w) for k in range(3)])
+        vae.decoder.conv_out.bias[:] = -offset * 0.5 * w
+        route(vae.quant_conv, [(k, k, 1.0) for k in range(8)])
+        route(vae.post_quant_conv, [(k, k, 1.0) for k in range(4)])
+    return vae
+
+
+def save_spm_test_pipeline(root: Path, seed: int = 0) -> Path:
+    """tests/tiny_models' SD-1.5-layout pipeline with the near-identity VAE: 16×16 images, 4×16×16 latents."""
+    from tiny_models import save_tiny_pipeline
+
+    root = save_tiny_pipeline(Path(root), seed=seed)
+    unet_cfg = root / "unet" / "config.json"
+    import json
+
+    cfg = json.loads(unet_cfg.read_text())
+    cfg["sample_size"] = 16
+    unet_cfg.write_text(json.dumps(cfg))
+    near_identity_vae().save_pretrained(root / "vae")
+    return root

@@ -170,3 +170,46 @@ def open_pairs(source: str | os.PathLike, split: str = "train") -> torch.utils.d
     if isinstance(table, datasets.DatasetDict):
         table = table[split]
     return HFPairs(table)
+
+
+def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
+    """RGB PIL image -> Tensor[3, R, R] in [−1, 1]: shortest side resized to R (bicubic), centre crop."""
+    w, h = image.size
+    scale = resolution / min(w, h)
+    if (w, h) != (resolution, resolution):
+        image = image.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
+        w, h = image.size
+        left, top = (w - resolution) // 2, (h - resolution) // 2
+        image = image.crop((left, top, left + resolution, top + resolution))
+    array = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+    return array.float() / 127.5 - 1
+
+
+@dataclass
+class PairBatch:
+    """B pairs as tensors: images_* Tensor[B, 3, R, R] in [−1, 1]; labels Tensor[B] float32."""
+
+    prompts: list[str]
+    images_0: torch.Tensor
+    images_1: torch.Tensor
+    label_0: torch.Tensor
+    label_1: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+class PairCollate:
+    """DataLoader collate_fn: PreferencePair list -> PairBatch at one resolution (picklable for workers)."""
+
+    def __init__(self, resolution: int):
+        self.resolution = resolution
+
+    def __call__(self, pairs: Sequence[PreferencePair]) -> PairBatch:
+        return PairBatch(
+            [p.caption for p in pairs],
+            torch.stack([image_to_tensor(p.image_0, self.resolution) for p in pairs]),
+            torch.stack([image_to_tensor(p.image_1, self.resolution) for p in pairs]),
+            torch.tensor([p.label_0 for p in pairs], dtype=torch.float32),
+            torch.tensor([p.label_1 for p in pairs], dtype=torch.float32),
+        )

@@ -1,0 +1,346 @@
+"""Training an SPM on Pick-a-Pic-layout pairs (spec §4): the config, presets and the loop.
+
+Per pair: t ~ U[0, T); both images VAE-encoded and noised with the same noise; x̂0 from the
+frozen base UNet with CFG; decoded; both scored at t by the SPM; label-weighted two-way
+cross-entropy (`objective.preference_loss`). AdamW with linear warm-up, gradient clipping,
+`accelerate` for devices, mixed precision and multi-process data parallelism. Checkpoints
+are written to a temporary directory and renamed into place, so `--resume` always finds a
+complete one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import PairCollate, open_pairs
+from .denoise import noised_pair_images
+from .evaluate import DEFAULT_BUCKETS, accuracy_by_timestep, format_accuracy_table, write_report
+from .objective import pair_correct, preference_loss
+
+
+@dataclass
+class SPMTrainConfig:
+    """Everything a run needs; presets fill in the hyper-parameters, flags override them.
+
+    base_model: diffusers pipeline dir, hub id or single-file checkpoint (trainer.models.load_model).
+    init: what the SPM starts from: a transformers CLIPModel dir (PickScore, ShapesWorld's CLIP),
+        an SPM dir of our format, or a released SPM file.
+    data / eval_data: Pick-a-Pic-layout dir or `datasets` name; without eval_data, `holdout`
+        pairs (a fraction < 1 or a count) of data are kept aside for evaluation.
+    noise: False trains on the clean images (no VAE/UNet; a PickScore-style CLIP, t = 0).
+    """
+
+    base_model: str = ""
+    init: str = ""
+    data: str = ""
+    out: str = "spm-out"
+    eval_data: str = ""
+    split: str = "train"
+    eval_split: str = "validation"
+    holdout: float = 0.05
+    family: str = "auto"
+    step_aware: bool = True
+    noise: bool = True
+    lr: float = 3e-6
+    weight_decay: float = 0.3
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 500
+    max_steps: int = 8000
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    guidance_scale: float = 5.0
+    max_timestep: int = 1000
+    mixed_precision: str = "fp16"
+    seed: int = 0
+    num_workers: int = 2
+    log_every: int = 10
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    eval_every: int = 0
+    eval_timesteps: tuple[int, ...] = DEFAULT_BUCKETS
+    eval_batch_size: int = 8
+    eval_max_pairs: int = 500
+    resume: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        """One-line errors for settings that cannot work, named by their flag."""
+        if not self.init:
+            raise ValueError("--init is required: a CLIP model dir (e.g. PickScore), an SPM dir or a released SPM file")
+        if not self.data:
+            raise ValueError("--data is required: a Pick-a-Pic-layout directory (metadata.jsonl) or a datasets name")
+        if self.noise and not self.base_model:
+            raise ValueError("--base-model is required (the frozen diffusion model that gives x̂0), unless --noise false")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if not 0 < self.max_timestep <= 1000:
+            raise ValueError(f"--max-timestep must be in (0, 1000], got {self.max_timestep}")
+        for name in ("max_steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+
+
+# Reference hyper-parameters (spec §4) for SD-1.5 and SDXL; `shapes` for ShapesWorld's tiny CLIP on CPU.
+PRESETS: dict[str, dict] = {
+    "sd15": dict(lr=3e-6, weight_decay=0.3, warmup_steps=500, max_steps=8000, batch_size=16, max_grad_norm=1.0,
+                 guidance_scale=5.0, mixed_precision="fp16", family="sd15"),
+    "sdxl": dict(lr=1e-6, weight_decay=0.3, warmup_steps=500, max_steps=7000, batch_size=16, max_grad_norm=1.0,
+                 guidance_scale=5.0, mixed_precision="fp16", family="sdxl"),
+    "shapes": dict(lr=3e-4, weight_decay=0.01, warmup_steps=20, max_steps=600, batch_size=16, max_grad_norm=1.0,
+                   guidance_scale=5.0, mixed_precision="no", family="shapes", num_workers=0, save_every=200,
+                   eval_batch_size=32, eval_max_pairs=256),
+}
+
+
+def make_config(preset: str | None = None, **overrides) -> SPMTrainConfig:
+    """Preset values, then explicit overrides (unknown names are an error)."""
+    values = {}
+    if preset:
+        if preset not in PRESETS:
+            raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        values.update(PRESETS[preset])
+    names = {f.name for f in dataclasses.fields(SPMTrainConfig)}
+    unknown = [k for k in overrides if k not in names]
+    if unknown:
+        raise ValueError(f"unknown SPM training setting {unknown[0]!r}")
+    values.update(overrides)
+    return SPMTrainConfig(**values)
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Learning-rate multiplier: linear from 1/warmup to 1 over the warm-up, then constant."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+
+
+def clip_gradients(parameters, max_norm: float, accelerator=None) -> float:
+    """Clip the gradients' global L2 norm to max_norm in place; returns the norm before clipping.
+
+    `parameters` is materialised first: a generator handed to the norm computation and then
+    to the clipping would be exhausted by the first and clip nothing.
+    """
+    params = [p for p in parameters if p.grad is not None]
+    if not params or max_norm <= 0:
+        return float("nan")
+    if accelerator is not None:
+        return float(accelerator.clip_grad_norm_(params, max_norm))
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+# -- model set-up -------------------------------------------------------------------------------------
+def initial_spm(cfg: SPMTrainConfig, family: str | None):
+    """The SPM to train, from a CLIP dir, an SPM dir or a released file; trainable, fp32."""
+    from .weights import load_spm, read_spm_config, spm_from_clip
+
+    path = Path(cfg.init).expanduser()
+    if path.is_dir() and read_spm_config(path) is None:
+        spm = spm_from_clip(path, step_aware=cfg.step_aware, family=family)
+    else:
+        loaded = load_spm(path)
+        if loaded.step_aware == cfg.step_aware:
+            spm = loaded
+        elif cfg.step_aware:  # step-agnostic SPM -> step-aware one, identity adaLN
+            spm = spm_from_clip(loaded.model, step_aware=True, family=family)
+            spm.tokenizer, spm.preprocess = loaded.tokenizer, loaded.preprocess
+        else:
+            raise ValueError(f"--init {cfg.init} is step-aware; a step-agnostic model cannot be made from it")
+        spm.family = family or spm.family
+    if spm.tokenizer is None:
+        raise ValueError(f"--init {cfg.init}: no tokenizer found beside the CLIP model (expected tokenizer/ or vocab.json)")
+    spm.get_tokenizer()  # fail now, not after the first batch
+    return spm.float().train().requires_grad_(True)
+
+
+def split_pairs(cfg: SPMTrainConfig):
+    """(train pairs, held-out pairs). A seeded permutation picks the held-out ones."""
+    train = open_pairs(cfg.data, cfg.split)
+    if cfg.eval_data:
+        return train, open_pairs(cfg.eval_data, cfg.eval_split)
+    n = len(train)
+    k = int(round(cfg.holdout * n)) if cfg.holdout < 1 else int(cfg.holdout)
+    if n - k < 1:
+        raise ValueError(f"--data {cfg.data}: {n} pairs leave nothing to train on after --holdout {cfg.holdout}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    return torch.utils.data.Subset(train, sorted(perm[k:])), torch.utils.data.Subset(train, sorted(perm[:k]))
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------
+def _checkpoint_dirs(out: Path) -> list[Path]:
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")), key=lambda p: int(p.name[5:]))
+
+
+def save_checkpoint(accelerator, out: Path, step: int, cfg: SPMTrainConfig, keep: int) -> Path:
+    """accelerate state (model, optimizer, scheduler, RNG) + step, written to a temp dir then renamed."""
+    final = out / "checkpoints" / f"step-{step:07d}"
+    tmp = out / "checkpoints" / f".tmp-step-{step:07d}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "config": dataclasses.asdict(cfg)}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in _checkpoint_dirs(out)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    dirs = [d for d in _checkpoint_dirs(out) if (d / "trainer_state.json").is_file()]
+    return dirs[-1] if dirs else None
+
+
+# -- the loop -----------------------------------------------------------------------------------------
+def _cycle(loader, accelerator, start_step: int, steps_per_epoch: int):
+    """Batches forever from `start_step` on (epoch-seeded shuffles, so a resumed run sees the same order)."""
+    epoch, skip = divmod(start_step, steps_per_epoch)
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        it = accelerator.skip_first_batches(loader, skip) if skip else loader
+        yield from it
+        epoch, skip = epoch + 1, 0
+
+
+def train_spm(cfg: SPMTrainConfig) -> dict:
+    """Run training; returns the final report (also written to `out/`): accuracy before/after by bucket."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+
+    cfg.validate()
+    out = Path(cfg.out)
+    mixed = cfg.mixed_precision
+    if mixed == "fp16" and not torch.cuda.is_available():
+        mixed = "no"  # fp16 autocast needs a GPU; CPU runs stay in fp32
+    accelerator = Accelerator(
+        mixed_precision=mixed,
+        gradient_accumulation_steps=cfg.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),  # epoch-seeded order: exact resume
+    )
+    set_seed(cfg.seed)
+    log = (lambda msg: tqdm.write(msg)) if accelerator.is_main_process else (lambda msg: None)
+
+    base = None
+    family = None if cfg.family == "auto" else cfg.family
+    if cfg.noise:
+        from ..models import load_model
+
+        dtype = torch.float16 if mixed == "fp16" else torch.bfloat16 if mixed == "bf16" else torch.float32
+        base = load_model(cfg.base_model, family=cfg.family, dtype=dtype, device=accelerator.device)
+        family = base.family.name
+    spm = initial_spm(cfg, family)
+    resolution = base.resolution if base is not None else spm.preprocess.image_size
+    train_pairs, eval_pairs = split_pairs(cfg)
+
+    loader = torch.utils.data.DataLoader(
+        train_pairs, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_pairs) >= cfg.batch_size,
+        num_workers=cfg.num_workers, collate_fn=PairCollate(resolution),
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    optimizer = torch.optim.AdamW(spm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_factor(s, cfg.warmup_steps))
+    spm, optimizer, loader, scheduler = accelerator.prepare(spm, optimizer, loader, scheduler)
+    steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
+
+    step = 0
+    if cfg.resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            log(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
+        else:
+            accelerator.load_state(str(ckpt))
+            step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+            log(f"resumed from {ckpt} at step {step}")
+
+    def evaluate(tag: str) -> dict | None:
+        if not cfg.noise or len(eval_pairs) == 0 or not accelerator.is_main_process:
+            return None
+        report = _evaluate(accelerator.unwrap_model(spm), base, eval_pairs, cfg)
+        log(format_accuracy_table(report, f"SPM pairwise accuracy ({tag})"))
+        return report
+
+    before = evaluate("before training") if step == 0 else None
+    gen = torch.Generator(accelerator.device)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="SPM train", disable=not (cfg.progress and accelerator.is_main_process))
+    batches = _cycle(loader, accelerator, step * cfg.grad_accum, len(loader))
+    running, t0 = [], time.time()
+    while step < cfg.max_steps:
+        for _ in range(cfg.grad_accum):
+            batch = next(batches)
+            # per-step, per-process seed: a resumed run draws the same t and noise
+            gen.manual_seed(cfg.seed * 1_000_003 + step * 7919 + accelerator.process_index)
+            with accelerator.accumulate(spm):
+                loss, correct = _pair_step(spm, base, batch, cfg, gen, accelerator.device)
+                accelerator.backward(loss)
+                grad_norm = clip_gradients(spm.parameters(), cfg.max_grad_norm, accelerator) if accelerator.sync_gradients else float("nan")
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            running.append((loss.item(), correct))
+        step += 1
+        bar.update()
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            losses = [r[0] for r in running]
+            accs = [a for r in running for a in r[1] if not math.isnan(a)]
+            record = {"step": step, "loss": sum(losses) / len(losses), "train_acc": sum(accs) / max(1, len(accs)),
+                      "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+            bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['train_acc']:.2f}")
+            if accelerator.is_main_process:
+                out.mkdir(parents=True, exist_ok=True)
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            running = []
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+            save_checkpoint(accelerator, out, step, cfg, cfg.keep_checkpoints)
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+            evaluate(f"step {step}")
+    bar.close()
+
+    after = evaluate("after training")
+    report = {"config": dataclasses.asdict(cfg), "steps": step, "before": before, "after": after}
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(spm)
+        final.save_pretrained(out / "spm", training={k: report[k] for k in ("config", "steps", "before", "after")})
+        write_report(report, out / "eval.json")
+        log(f"saved the trained SPM to {out / 'spm'} and the accuracy report to {out / 'eval.json'}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return report
+
+
+def _pair_step(spm, base, batch, cfg: SPMTrainConfig, gen: torch.Generator, device):
+    """Loss (mean over pairs) and per-pair correctness for one batch of pairs."""
+    b = len(batch)
+    if base is None:
+        t = torch.zeros(b, dtype=torch.long, device=device)
+        img0, img1 = batch.images_0.to(device), batch.images_1.to(device)
+    else:
+        t = torch.randint(0, cfg.max_timestep, (b,), generator=gen, device=device)
+        img0, img1 = noised_pair_images(base, batch.images_0, batch.images_1, batch.prompts, t, cfg.guidance_scale, gen)
+    scores = spm(torch.cat([img0, img1]), batch.prompts * 2, torch.cat([t, t]))
+    s0, s1 = scores[:b], scores[b:]
+    l0, l1 = batch.label_0.to(device), batch.label_1.to(device)
+    loss = preference_loss(s0, s1, l0, l1).mean()
+    return loss, pair_correct(s0.detach(), s1.detach(), l0, l1).tolist()
+
+
+def _evaluate(spm, base, pairs, cfg: SPMTrainConfig) -> dict:
+    return accuracy_by_timestep(
+        spm, base, pairs, cfg.eval_timesteps, cfg.eval_batch_size, cfg.guidance_scale, cfg.seed,
+        cfg.eval_max_pairs, cfg.progress,
+    )
