@@ -170,7 +170,7 @@ def test_paste_restores_spo_settings_and_turns_spo_off_without_them(tmp_path):
     _, res = H.run_txt2img(runner, H.spo_args(runner, k=5, window_start=0.25, window_end=0.75, selection="softmax",
                                               temperature=2.0), batch_size=1)
     fields = spo.infotext_fields
-    assert set(spo.paste_field_names) >= {"SPO", "SPO k", "SPO window", "SPO score"}
+    assert set(spo.paste_field_names) == {"SPO", "SPO SPM", "SPO k", "SPO selection", "SPO temperature"}
     assert infotext_utils.paste(fields, res.infotexts[0]) == [True, "per-step", "red_sd15.pt", 5.0, 0.25, 0.75, "softmax", 2.0]
     _, plain = H.run_txt2img(runner, batch_size=1)
     assert infotext_utils.paste(fields, plain.infotexts[0]) == [False] + [None] * 7
@@ -199,7 +199,11 @@ def test_bad_input_generates_without_spo_and_says_why(tmp_path, spo, prompt, mes
     assert errors.reported == []  # no hook raised
     assert images_equal(res.images, plain.images)  # exactly what SPO-off gives
     assert message in res.comments and res.comments.count("\n") == 1
-    assert all("SPO" not in t.split("\n")[-1] for t in res.infotexts)
+    for text in res.infotexts:
+        params = infotext_utils.parse_generation_parameters(text)
+        assert message in params["SPO skipped"]  # API callers read it from the infotext
+        assert not {"SPO", "SPO score", "SPO k"} & set(params)
+        assert infotext_utils.paste(script.infotext_fields, text)[0] is False  # pasting keeps SPO off
 
 
 def test_sdxl_spm_on_sdxl_model_runs(tmp_path):

@@ -117,4 +117,5 @@ def test_real_spm_sdxl_family_is_refused_on_sd15(tmp_path, tiny_spm_dir):
     module.SPM_CACHE._loader = None
     _, res = H.run_txt2img(runner, H.spo_args(runner, spm="tiny-sd15"), batch_size=1)
     assert "is for SDXL but the loaded checkpoint is SD-1.5" in res.comments
-    assert "SPO" not in res.infotexts[0].split("\n")[-1]
+    params = infotext_utils.parse_generation_parameters(res.infotexts[0])
+    assert "SPO score" not in params and "is for SDXL" in params["SPO skipped"]

@@ -30,6 +30,7 @@ from .settings import (
     KEY_MODE,
     KEY_SCORE,
     KEY_SELECTION,
+    KEY_SKIPPED,
     KEY_SPM,
     KEY_TEMPERATURE,
     KEY_WINDOW,
@@ -42,8 +43,8 @@ from .spm_files import SPMCache, SPMUnavailable, check_family, default_spm_dir, 
 
 log = logging.getLogger("spo_studio")
 
-INFOTEXT_KEYS = (KEY_MODE, KEY_SPM, KEY_K, KEY_WINDOW, KEY_SELECTION, KEY_TEMPERATURE, KEY_SCORE)
-SPM_CACHE = SPMCache(device=None)  # the device is set on first use: devices.device is known only then
+INFOTEXT_KEYS = (KEY_MODE, KEY_SPM, KEY_K, KEY_WINDOW, KEY_SELECTION, KEY_TEMPERATURE, KEY_SCORE, KEY_SKIPPED)
+SPM_CACHE = SPMCache()  # device and dtype are set on first use: A1111 knows them only after start-up
 
 
 def spm_dir() -> str:
@@ -64,7 +65,9 @@ def model_family(sd_model) -> str:
 def load_spm_by_name(name: str):
     """The SPM file `name` from the SPM folder, loaded once onto the WebUI's device."""
     if SPM_CACHE._device is None:
+        # the SPM is a ~1.3 B-parameter CLIP-H: half precision on the GPU unless the WebUI runs in full
         SPM_CACHE._device = devices.device
+        SPM_CACHE._dtype = devices.dtype if devices.device.type == "cuda" else torch.float32
     return SPM_CACHE.get(resolve_spm(spm_dir(), name))
 
 
@@ -92,14 +95,21 @@ class RunState:
     active: bool = False
     batch_size: int = 0  # the user's batch size (best-of-k multiplies p.batch_size by k)
     messages: list[str] = field(default_factory=list)
+    skipped_all: str | None = None  # why no image of the job got SPO
     # infotext per image, keyed by (seed, prompt): A1111 indexes images per batch in one place
     # and per job in another, but both pass matching seed and prompt lists.
     fields: dict[tuple[int, str], dict[str, str]] = field(default_factory=dict)
     kept: dict[str, list] = field(default_factory=lambda: {"prompts": [], "negative_prompts": [], "seeds": [], "subseeds": []})
     sampler_fn: guided.SPOSamplerFunction | None = None
 
-    def say(self, p, message: str) -> None:
-        """Show a message under the images (A1111 comments) and in the console, once."""
+    def skip(self, p, message: str, images: list[tuple[int, str]] | None = None) -> None:
+        """SPO is off for `images` (None: the whole job) because of `message`: shown under the
+        images and in the console (once), and written to those images' infotext as "SPO skipped"
+        so API callers see it too."""
+        if images is None:
+            self.skipped_all = message
+        for key in images or []:
+            self.fields[key] = {KEY_SKIPPED: message}
         if message in self.messages:
             return
         self.messages.append(message)
@@ -139,20 +149,22 @@ class SPOScript(scripts.Script):
                 temperature = gr.Slider(0.01, 10.0, value=d.temperature, step=0.01, label="Softmax temperature",
                                         elem_id=self.elem_id("temperature"))
 
-        def pasted(name):
-            return lambda params: getattr(SPOSettings.from_infotext(params), name) if KEY_MODE in params else None
+        def window(i):
+            return lambda params: SPOSettings.from_infotext(params).window[i] if KEY_MODE in params else None
 
+        # String keys also travel with "Send to img2img" (A1111 matches paste_field_names by key);
+        # callables decide what a missing key means (no "SPO" in the infotext: switch SPO off).
         self.infotext_fields = [
-            (enabled, lambda params: KEY_MODE in params),  # no "SPO" in the infotext: switch it off
-            (mode, pasted("mode")),
-            (spm, pasted("spm")),
-            (k, pasted("k")),
-            (window_start, pasted("window_start")),
-            (window_end, pasted("window_end")),
-            (selection, pasted("selection")),
-            (temperature, pasted("temperature")),
+            (enabled, lambda params: KEY_MODE in params),
+            (mode, KEY_MODE),
+            (spm, KEY_SPM),
+            (k, KEY_K),
+            (window_start, window(0)),
+            (window_end, window(1)),
+            (selection, KEY_SELECTION),
+            (temperature, KEY_TEMPERATURE),
         ]
-        self.paste_field_names = list(INFOTEXT_KEYS)
+        self.paste_field_names = [KEY_MODE, KEY_SPM, KEY_K, KEY_SELECTION, KEY_TEMPERATURE]
         return [enabled, mode, spm, k, window_start, window_end, selection, temperature]
 
     # ------------------------------------------------------------------ hooks
@@ -163,20 +175,20 @@ class SPOScript(scripts.Script):
         p.spo = state
         if not settings.enabled:
             return
+        for key in INFOTEXT_KEYS:
+            p.extra_generation_params[key] = _infotext_field(state, key)
         problem = settings.problem()
         if problem is not None:
-            state.say(p, problem)
+            state.skip(p, problem)
             return
         try:
             state.spm = load_checked_spm(settings, p.sd_model)
         except SPMUnavailable as e:
-            state.say(p, str(e))
+            state.skip(p, str(e))
             return
         if settings.mode == "best-of-k" and not _expand_for_best_of_k(p, settings.k, state):
             return
         state.active = True
-        for key in INFOTEXT_KEYS:
-            p.extra_generation_params[key] = _infotext_field(state, key)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         state = getattr(p, "spo", None)
@@ -185,7 +197,8 @@ class SPOScript(scripts.Script):
         try:
             guided.preflight(state.spm, p.prompts)
         except Exception as e:  # e.g. a prompt the SPM's tokenizer rejects
-            state.say(p, f"SPO: the SPM cannot score this batch's prompts ({type(e).__name__}: {e}); generated without SPO.")
+            message = f"SPO: the SPM cannot score this batch's prompts ({type(e).__name__}: {e}); generated without SPO."
+            state.skip(p, message, _image_keys(p))
             state.sampler_fn = None
             return
         fn = guided.SPOSamplerFunction(
@@ -208,17 +221,17 @@ class SPOScript(scripts.Script):
             if fn is None:
                 return  # this batch ran without SPO (message already shown)
             if fn.report.error is not None:
-                state.say(p, fn.report.error)
+                state.skip(p, fn.report.error, _image_keys(p))
                 return
         try:
             images = torch.stack([img.float() for img in pp.images]) * 2 - 1
             scores = guided.score_images(state.spm, images, p.prompts, torch.zeros(len(pp.images), dtype=torch.long))
         except Exception as e:
-            scores = None
-            state.say(p, f"SPO: the SPM could not score the images ({type(e).__name__}: {e}).")
+            scores, error = None, f"SPO: the SPM could not score the images ({type(e).__name__}: {e})."
         if state.settings.mode == "best-of-k":
             _keep_best_of_k(p, pp, scores, state)
         if scores is None:
+            state.skip(p, error, _image_keys(p))
             return
         for i in range(len(pp.images)):
             score = scores[i] if state.settings.mode == "per-step" else p.spo_kept_scores[i]
@@ -242,14 +255,22 @@ class SPOScript(scripts.Script):
 # ---------------------------------------------------------------------- helpers
 
 
+def _image_keys(p) -> list[tuple[int, str]]:
+    """(seed, prompt) of every image of the current batch."""
+    return [(int(s), pr) for s, pr in zip(p.seeds, p.prompts)]
+
+
 def _infotext_field(state: RunState, key: str):
     """An A1111 infotext callable: this image's value of `key`, or None (field left out)."""
 
     def value(all_seeds=None, all_prompts=None, index=0, **_):
         try:
-            return state.fields.get((int(all_seeds[index]), all_prompts[index]), {}).get(key)
+            fields = state.fields.get((int(all_seeds[index]), all_prompts[index]))
         except (IndexError, TypeError, ValueError):
-            return None
+            fields = None
+        if fields is None:
+            return state.skipped_all if key == KEY_SKIPPED else None
+        return fields.get(key)
 
     return value
 
@@ -277,7 +298,7 @@ def _expand_for_best_of_k(p, k: int, state: RunState) -> bool:
     image SPO-off generation gives, so best-of-k never keeps a worse one by the SPM.
     """
     if getattr(p, "init_images", None) and len(p.init_images) > 1:
-        state.say(p, "SPO: best-of-k works with one init image; generated without SPO.")
+        state.skip(p, "SPO: best-of-k works with one init image; generated without SPO.")
         return False
     n = len(p.all_prompts)
 

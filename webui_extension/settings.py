@@ -22,6 +22,7 @@ KEY_WINDOW = "SPO window"
 KEY_SELECTION = "SPO selection"
 KEY_TEMPERATURE = "SPO temperature"
 KEY_SCORE = "SPO score"
+KEY_SKIPPED = "SPO skipped"  # why an image was generated without SPO although it was enabled
 
 
 @dataclass(frozen=True)

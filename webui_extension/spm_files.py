@@ -87,12 +87,14 @@ class SPMCache:
     """Keeps the last loaded SPM (they are ~1.3 B parameters: one at a time).
 
     loader(path) -> SPM object with `.score(images[-1,1], prompts, timesteps)`; the default is
-    `trainer.spm.load_spm`. Thread-safe: the WebUI may score from the API and the UI at once.
+    `trainer.spm.load_spm`. The model is then moved to `device` / `dtype` (None: left as loaded).
+    Thread-safe: the WebUI may score from the API and the UI at once.
     """
 
-    def __init__(self, loader=None, device=None):
+    def __init__(self, loader=None, device=None, dtype=None):
         self._loader = loader
         self._device = device
+        self._dtype = dtype
         self._lock = threading.Lock()
         self._loaded: LoadedSPM | None = None
 
@@ -121,8 +123,8 @@ class SPMCache:
         if loader is None:
             loader = _trainer_load_spm()
         model = loader(path)
-        if self._device is not None and hasattr(model, "to"):
-            model = model.to(self._device) or model
+        if (self._device is not None or self._dtype is not None) and hasattr(model, "to"):
+            model = model.to(device=self._device, dtype=self._dtype) or model
         if hasattr(model, "eval"):
             model.eval()
         return model
