@@ -212,3 +212,23 @@ def test_sdxl_spm_on_sdxl_model_runs(tmp_path):
     assert res.comments == "" and "SPO SPM: red_sdxl.pt" in res.infotexts[0]
     _, res = H.run_txt2img(runner, H.spo_args(runner, spm="red_sd15.pt"), batch_size=1)
     assert "is for SD-1.5 but the loaded checkpoint is SDXL" in res.comments
+
+
+# ------------------------------------------------------------------ the documented API request
+
+
+def test_readme_api_example_runs(tmp_path):
+    import json
+    import re
+
+    readme = (H.REPO / "webui_extension" / "README.md").read_text()
+    request = json.loads(re.search(r"```json\n(.*?)```", readme, re.S).group(1))
+    spo = request["alwayson_scripts"]["SPO"]["args"]
+    runner, script, _ = H.setup_webui(tmp_path, spm_files=(spo[2],))
+    args = runner.api_args(request["alwayson_scripts"])
+    p, res = H.run_txt2img(runner, args, prompt=request["prompt"], negative_prompt=request["negative_prompt"],
+                           steps=request["steps"], sampler_name=request["sampler_name"], seed=request["seed"],
+                           batch_size=request["batch_size"], cfg_scale=request["cfg_scale"])
+    assert errors.reported == [] and res.comments == "" and len(res.images) == 2
+    params = infotext_utils.parse_generation_parameters(res.infotexts[0])
+    assert params["SPO"] == "per-step" and params["SPO SPM"] == spo[2] and params["SPO window"] == "0.2-1"
