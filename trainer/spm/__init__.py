@@ -11,11 +11,13 @@ layout), `objective`, `train`, `evaluate`, `cli` (`python -m trainer.spm`).
 """
 from .data import PreferencePair, open_pairs, write_pickapic_dir
 from .denoise import score_latents
+from .errors import SPMError
 from .model import StepAwarePreferenceModel
 from .weights import check_family, load_spm, spm_from_clip
 
 __all__ = [
     "StepAwarePreferenceModel",
+    "SPMError",
     "load_spm",
     "spm_from_clip",
     "check_family",

@@ -15,6 +15,7 @@ import sys
 import typing
 from pathlib import Path
 
+from .errors import SPMError
 from .train import PRESETS, SPMTrainConfig
 
 
@@ -87,7 +88,7 @@ def _convert(args) -> int:
         try:
             config = CLIPConfig.from_pretrained(str(path)) if path.is_dir() else CLIPConfig.from_json_file(str(path))
         except (OSError, ValueError) as e:
-            raise ValueError(f"--clip-config {path}: not a CLIP config ({str(e).splitlines()[0][:120]})") from None
+            raise SPMError(f"--clip-config {path}: not a CLIP config ({str(e).splitlines()[0][:120]})") from None
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     spm = load_released(args.src, dtype=dtype, config=config, tokenizer=args.tokenizer, family=args.family)
     if args.tokenizer:

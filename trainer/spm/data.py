@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import SPMError
+
 METADATA = "metadata.jsonl"
 COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1")
 
@@ -50,20 +52,20 @@ def _as_pil(image: Any, what: str) -> Image.Image:
         return Image.open(io.BytesIO(image["bytes"])).convert("RGB")
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"{what}: image tensor must be [3, H, W] in [-1, 1], got shape {tuple(image.shape)}")
+            raise SPMError(f"{what}: image tensor must be [3, H, W] in [-1, 1], got shape {tuple(image.shape)}")
         array = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
         return Image.fromarray(array, "RGB")
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"{what}: image array must be HxWx3 uint8, got {image.dtype} {image.shape}")
+            raise SPMError(f"{what}: image array must be HxWx3 uint8, got {image.dtype} {image.shape}")
         return Image.fromarray(image, "RGB")
-    raise ValueError(f"{what}: unsupported image type {type(image).__name__}")
+    raise SPMError(f"{what}: unsupported image type {type(image).__name__}")
 
 
 def _check_labels(label_0: float, label_1: float, what: str) -> tuple[float, float]:
     label_0, label_1 = float(label_0), float(label_1)
     if min(label_0, label_1) < 0 or abs(label_0 + label_1 - 1) > 1e-6:
-        raise ValueError(f"{what}: labels must be >= 0 and sum to 1 (ties 0.5/0.5), got {label_0}, {label_1}")
+        raise SPMError(f"{what}: labels must be >= 0 and sum to 1 (ties 0.5/0.5), got {label_0}, {label_1}")
     return label_0, label_1
 
 
@@ -82,10 +84,10 @@ def write_pickapic_dir(rows: Iterable[Mapping[str, Any]], out_dir: str | os.Path
         what = f"write_pickapic_dir row {i}"
         missing = [c for c in COLUMNS if c not in row]
         if missing:
-            raise ValueError(f"{what}: missing keys {missing}; each row needs {list(COLUMNS)}")
+            raise SPMError(f"{what}: missing keys {missing}; each row needs {list(COLUMNS)}")
         caption = str(row["caption"])
         if not caption.strip():
-            raise ValueError(f"{what}: empty caption")
+            raise SPMError(f"{what}: empty caption")
         label_0, label_1 = _check_labels(row["label_0"], row["label_1"], what)
         names = []
         for side in (0, 1):
@@ -107,7 +109,7 @@ class PickapicDir(torch.utils.data.Dataset):
         self.root = Path(root)
         meta = self.root / METADATA
         if not meta.is_file():
-            raise ValueError(f"{self.root}: no {METADATA}; expected a Pick-a-Pic-layout directory (see trainer.spm.data)")
+            raise SPMError(f"{self.root}: no {METADATA}; expected a Pick-a-Pic-layout directory (see trainer.spm.data)")
         self.records = []
         for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
@@ -115,10 +117,10 @@ class PickapicDir(torch.utils.data.Dataset):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{meta}:{n}: not valid JSON ({err.msg})") from None
+                raise SPMError(f"{meta}:{n}: not valid JSON ({err.msg})") from None
             missing = [c for c in COLUMNS if c not in record]
             if missing:
-                raise ValueError(f"{meta}:{n}: missing keys {missing}")
+                raise SPMError(f"{meta}:{n}: missing keys {missing}")
             _check_labels(record["label_0"], record["label_1"], f"{meta}:{n}")
             self.records.append(record)
 
@@ -139,7 +141,7 @@ class HFPairs(torch.utils.data.Dataset):
     def __init__(self, table: Sequence[Mapping[str, Any]]):
         missing = [c for c in COLUMNS if c not in table[0]] if len(table) else []
         if missing:
-            raise ValueError(f"dataset lacks Pick-a-Pic columns {missing}; needs {list(COLUMNS)}")
+            raise SPMError(f"dataset lacks Pick-a-Pic columns {missing}; needs {list(COLUMNS)}")
         self.table = table
 
     def __len__(self) -> int:
@@ -159,7 +161,7 @@ def open_pairs(source: str | os.PathLike, split: str = "train") -> torch.utils.d
     try:
         import datasets
     except ImportError:
-        raise ValueError(
+        raise SPMError(
             f"{source}: not a directory with {METADATA}, and the `datasets` package (needed for hub or Arrow "
             "datasets) is not installed: pip install datasets"
         ) from None

@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .errors import SPMError
 from .preprocess import PreprocessConfig, clip_preprocess
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -198,11 +199,11 @@ class StepAwarePreferenceModel(nn.Module):
 
             source = self.tokenizer
             if source is None:
-                raise ValueError("this SPM has no tokenizer: pass tokenizer=<CLIP tokenizer dir or hub id> to load_spm")
+                raise SPMError("this SPM has no tokenizer: pass tokenizer=<CLIP tokenizer dir or hub id> to load_spm")
             try:
                 self.tokenizer = CLIPTokenizer.from_pretrained(str(source))
             except (OSError, ValueError) as e:
-                raise ValueError(
+                raise SPMError(
                     f"cannot load the SPM's CLIP tokenizer from {source} ({str(e).splitlines()[0][:120]}); "
                     "pass tokenizer=<local CLIP tokenizer dir> or convert with --tokenizer"
                 ) from None
@@ -252,30 +253,30 @@ def check_score_inputs(images: torch.Tensor, prompts: Sequence[str], timesteps) 
     """Validate a score() call; returns timesteps as Tensor[B] long. Raises a one-line ValueError."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"SPM score: images must be a Tensor[B, 3, H, W] in [-1, 1], got {shape}")
+        raise SPMError(f"SPM score: images must be a Tensor[B, 3, H, W] in [-1, 1], got {shape}")
     if not images.is_floating_point():
-        raise ValueError(f"SPM score: images must be floating point in [-1, 1], got dtype {images.dtype}")
+        raise SPMError(f"SPM score: images must be floating point in [-1, 1], got dtype {images.dtype}")
     b = images.shape[0]
     if b == 0:
-        raise ValueError("SPM score: empty batch")
+        raise SPMError("SPM score: empty batch")
     lo, hi = float(images.min()), float(images.max())
     if lo < -1.001 or hi > 1.001 or math.isnan(lo) or math.isnan(hi):
-        raise ValueError(f"SPM score: images must be in [-1, 1] (decoded VAE range), got values in [{lo:.3g}, {hi:.3g}]")
+        raise SPMError(f"SPM score: images must be in [-1, 1] (decoded VAE range), got values in [{lo:.3g}, {hi:.3g}]")
     if isinstance(prompts, str) or len(prompts) != b:
         n = "a single string" if isinstance(prompts, str) else len(prompts)
-        raise ValueError(f"SPM score: need one prompt per image ({b}), got {n}")
+        raise SPMError(f"SPM score: need one prompt per image ({b}), got {n}")
     for i, p in enumerate(prompts):
         if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"SPM score: prompt {i} is empty; every image needs a non-empty prompt")
+            raise SPMError(f"SPM score: prompt {i} is empty; every image needs a non-empty prompt")
     t = torch.as_tensor(timesteps)
     if t.is_floating_point():
         if not torch.equal(t, t.round()):
-            raise ValueError("SPM score: timesteps must be integers in [0, 1000)")
+            raise SPMError("SPM score: timesteps must be integers in [0, 1000)")
     t = t.long().reshape(-1)
     if t.numel() == 1:
         t = t.expand(b)
     if t.numel() != b:
-        raise ValueError(f"SPM score: need one timestep per image ({b}) or a single one, got {t.numel()}")
+        raise SPMError(f"SPM score: need one timestep per image ({b}) or a single one, got {t.numel()}")
     if int(t.min()) < 0 or int(t.max()) >= NUM_TRAIN_TIMESTEPS:
-        raise ValueError(f"SPM score: timesteps must be in [0, {NUM_TRAIN_TIMESTEPS}), got {int(t.min())}..{int(t.max())}")
+        raise SPMError(f"SPM score: timesteps must be in [0, {NUM_TRAIN_TIMESTEPS}), got {int(t.min())}..{int(t.max())}")
     return t

@@ -15,12 +15,13 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .errors import SPMError
 from .data import PairCollate, open_pairs
 from .denoise import noised_pair_images
 from .evaluate import DEFAULT_BUCKETS, accuracy_by_timestep, format_accuracy_table, write_report
@@ -76,18 +77,18 @@ class SPMTrainConfig:
     def validate(self) -> None:
         """One-line errors for settings that cannot work, named by their flag."""
         if not self.init:
-            raise ValueError("--init is required: a CLIP model dir (e.g. PickScore), an SPM dir or a released SPM file")
+            raise SPMError("--init is required: a CLIP model dir (e.g. PickScore), an SPM dir or a released SPM file")
         if not self.data:
-            raise ValueError("--data is required: a Pick-a-Pic-layout directory (metadata.jsonl) or a datasets name")
+            raise SPMError("--data is required: a Pick-a-Pic-layout directory (metadata.jsonl) or a datasets name")
         if self.noise and not self.base_model:
-            raise ValueError("--base-model is required (the frozen diffusion model that gives x̂0), unless --noise false")
+            raise SPMError("--base-model is required (the frozen diffusion model that gives x̂0), unless --noise false")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+            raise SPMError(f"--mixed-precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if not 0 < self.max_timestep <= 1000:
-            raise ValueError(f"--max-timestep must be in (0, 1000], got {self.max_timestep}")
+            raise SPMError(f"--max-timestep must be in (0, 1000], got {self.max_timestep}")
         for name in ("max_steps", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+                raise SPMError(f"--{name.replace('_', '-')} must be >= 1")
 
 
 # Reference hyper-parameters (spec §4) for SD-1.5 and SDXL; `shapes` for ShapesWorld's tiny CLIP on CPU.
@@ -107,12 +108,12 @@ def make_config(preset: str | None = None, **overrides) -> SPMTrainConfig:
     values = {}
     if preset:
         if preset not in PRESETS:
-            raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+            raise SPMError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
         values.update(PRESETS[preset])
     names = {f.name for f in dataclasses.fields(SPMTrainConfig)}
     unknown = [k for k in overrides if k not in names]
     if unknown:
-        raise ValueError(f"unknown SPM training setting {unknown[0]!r}")
+        raise SPMError(f"unknown SPM training setting {unknown[0]!r}")
     values.update(overrides)
     return SPMTrainConfig(**values)
 
@@ -152,10 +153,10 @@ def initial_spm(cfg: SPMTrainConfig, family: str | None):
             spm = spm_from_clip(loaded.model, step_aware=True, family=family)
             spm.tokenizer, spm.preprocess = loaded.tokenizer, loaded.preprocess
         else:
-            raise ValueError(f"--init {cfg.init} is step-aware; a step-agnostic model cannot be made from it")
+            raise SPMError(f"--init {cfg.init} is step-aware; a step-agnostic model cannot be made from it")
         spm.family = family or spm.family
     if spm.tokenizer is None:
-        raise ValueError(f"--init {cfg.init}: no tokenizer found beside the CLIP model (expected tokenizer/ or vocab.json)")
+        raise SPMError(f"--init {cfg.init}: no tokenizer found beside the CLIP model (expected tokenizer/ or vocab.json)")
     spm.get_tokenizer()  # fail now, not after the first batch
     return spm.float().train().requires_grad_(True)
 
@@ -168,7 +169,7 @@ def split_pairs(cfg: SPMTrainConfig):
     n = len(train)
     k = int(round(cfg.holdout * n)) if cfg.holdout < 1 else int(cfg.holdout)
     if n - k < 1:
-        raise ValueError(f"--data {cfg.data}: {n} pairs leave nothing to train on after --holdout {cfg.holdout}")
+        raise SPMError(f"--data {cfg.data}: {n} pairs leave nothing to train on after --holdout {cfg.holdout}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     return torch.utils.data.Subset(train, sorted(perm[k:])), torch.utils.data.Subset(train, sorted(perm[:k]))
 
@@ -255,7 +256,6 @@ def train_spm(cfg: SPMTrainConfig) -> dict:
     optimizer = torch.optim.AdamW(spm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_factor(s, cfg.warmup_steps))
     spm, optimizer, loader, scheduler = accelerator.prepare(spm, optimizer, loader, scheduler)
-    steps_per_epoch = max(1, len(loader) // cfg.grad_accum)
 
     step = 0
     if cfg.resume:

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .errors import SPMError
 from .model import StepAwarePreferenceModel
 from .preprocess import PreprocessConfig
 
@@ -74,28 +75,28 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such SPM checkpoint file")
+        raise SPMError(f"{path}: no such SPM checkpoint file")
     if path.suffix in (".safetensors", ".sft"):
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises several error types for a damaged header
-            raise ValueError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:160]})") from None
+            raise SPMError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:160]})") from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0][:160]
-        raise ValueError(f"{path}: refused, it holds objects other than tensors ({first})") from None
+        raise SPMError(f"{path}: refused, it holds objects other than tensors ({first})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a readable torch checkpoint, truncated or damaged ({str(e).splitlines()[0][:160]})") from None
+        raise SPMError(f"{path}: not a readable torch checkpoint, truncated or damaged ({str(e).splitlines()[0][:160]})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict (name -> tensor), found a {type(obj).__name__}")
+        raise SPMError(f"{path}: expected a state dict (name -> tensor), found a {type(obj).__name__}")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"{path}: entry {bad[0]!r} is not a tensor; an SPM checkpoint holds only tensors")
+        raise SPMError(f"{path}: entry {bad[0]!r} is not a tensor; an SPM checkpoint holds only tensors")
     return obj
 
 
@@ -110,10 +111,10 @@ def check_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module, pat
         if key in state:
             ids = state.pop(key)
             if not torch.equal(ids.reshape(-1).long(), torch.arange(ids.numel())):
-                raise ValueError(f"{path}: legacy buffer {key} is not 0..{ids.numel() - 1}; the file is damaged")
+                raise SPMError(f"{path}: legacy buffer {key} is not 0..{ids.numel() - 1}; the file is damaged")
     expected = model.state_dict()
     if not any(k.startswith("model.") for k in state):
-        raise ValueError(f"{path}: no 'model.*' keys; not an SPM checkpoint in the released layout")
+        raise SPMError(f"{path}: no 'model.*' keys; not an SPM checkpoint in the released layout")
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -122,10 +123,10 @@ def check_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module, pat
             parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        raise ValueError(f"{path}: keys do not match this SPM architecture: {'; '.join(parts)}")
+        raise SPMError(f"{path}: keys do not match this SPM architecture: {'; '.join(parts)}")
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
-            raise ValueError(f"{path}: {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)} (a different CLIP size?)")
+            raise SPMError(f"{path}: {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)} (a different CLIP size?)")
     return state
 
 
@@ -231,7 +232,7 @@ def read_spm_config(root: str | os.PathLike) -> dict | None:
     try:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e.msg})") from None
+        raise SPMError(f"{cfg_path}: not valid JSON ({e.msg})") from None
     return cfg if isinstance(cfg, dict) and cfg.get("format") == FORMAT else None
 
 
@@ -242,9 +243,9 @@ def from_pretrained(root: str | os.PathLike, device="cpu", dtype: torch.dtype = 
     root = Path(root)
     cfg = read_spm_config(root)
     if cfg is None:
-        raise ValueError(f"{root}: not an spo-studio SPM directory ({CONFIG_NAME} with format {FORMAT!r} missing)")
+        raise SPMError(f"{root}: not an spo-studio SPM directory ({CONFIG_NAME} with format {FORMAT!r} missing)")
     if cfg.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{root}: SPM format version {cfg['format_version']} is newer than this spo-studio reads; upgrade")
+        raise SPMError(f"{root}: SPM format version {cfg['format_version']} is newer than this spo-studio reads; upgrade")
     clip_cfg = cfg["clip"]
     config = CLIPConfig(
         text_config=clip_cfg.get("text_config"), vision_config=clip_cfg.get("vision_config"),
@@ -259,7 +260,7 @@ def from_pretrained(root: str | os.PathLike, device="cpu", dtype: torch.dtype = 
         preprocess=PreprocessConfig.from_dict(cfg["preprocess"]), tokenizer=tokenizer, family=cfg.get("family"),
     )
     if spm.step_aware != bool(cfg.get("step_aware", True)):
-        raise ValueError(f"{root}: config.json says step_aware={cfg.get('step_aware')} but the weights say otherwise")
+        raise SPMError(f"{root}: config.json says step_aware={cfg.get('step_aware')} but the weights say otherwise")
     spm.training_record = cfg.get("training")
     return spm
 
@@ -278,7 +279,7 @@ def spm_from_clip(
         try:
             clip = CLIPModel.from_pretrained(str(root), torch_dtype=torch.float32)
         except (OSError, ValueError) as e:
-            raise ValueError(f"{root}: cannot load a CLIPModel ({str(e).splitlines()[0][:160]})") from None
+            raise SPMError(f"{root}: cannot load a CLIPModel ({str(e).splitlines()[0][:160]})") from None
         for cand in (root / "tokenizer", root):
             if (cand / "vocab.json").is_file():
                 tokenizer = str(cand)
@@ -326,11 +327,11 @@ def load_spm(
             if tokenizer is not None:
                 spm.tokenizer = tokenizer
         else:
-            raise ValueError(f"{p}: neither an SPM directory nor a CLIP model directory (no {CONFIG_NAME})")
+            raise SPMError(f"{p}: neither an SPM directory nor a CLIP model directory (no {CONFIG_NAME})")
     elif p.is_file():
         spm = load_released(p, device, dtype, config=config, tokenizer=tokenizer, family=family)
     else:
-        raise ValueError(f"{p}: no such SPM file or directory")
+        raise SPMError(f"{p}: no such SPM file or directory")
     if family is not None:
         spm.family = family
     return spm.eval().requires_grad_(False)
@@ -342,6 +343,6 @@ def check_family(spm: StepAwarePreferenceModel, model_family: str) -> None:
     Unknown SPM family passes: own-trained SPMs without a record and renamed files are allowed.
     """
     if spm.family is not None and model_family is not None and spm.family != model_family:
-        raise ValueError(
+        raise SPMError(
             f"this SPM was trained for {spm.family} but the model is {model_family}; use the {model_family} SPM"
         )
