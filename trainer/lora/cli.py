@@ -107,15 +107,19 @@ def _model_component_map(model) -> dict:
 
 
 def cmd_merge(args) -> int:
-    from ..models import load_model
+    from ..models import detect_family_from_dir, load_model
     from .peft_bridge import merge_lora
 
     # shapes are checked against the loaded model itself, which may be a fine-tune or ShapesWorld
     state = read_lora(args.file, family=args.family, check_shapes=False)
-    model = load_model(args.model, family=args.model_family)
-    naming = lambda fam: "sdxl" if fam == "sdxl" else "sd15"  # noqa: E731
-    if naming(state.family) != naming(model.family.name):
-        raise LoraFileError(f"{args.file}: a {state.family} LoRA cannot be merged into the {model.family.name} model {args.model}")
+    model_family = args.model_family
+    if model_family == "auto" and Path(args.model).is_dir():
+        model_family = detect_family_from_dir(Path(args.model))  # refuse before loading weights
+    if model_family != "auto":
+        _check_same_naming(state, model_family, args)
+    _quiet_loaders()
+    model = load_model(args.model, family=model_family)
+    _check_same_naming(state, model.family.name, args)
     parts = _model_component_map(model)
     missing = [c for c in state.components() if c not in parts]
     if missing:
@@ -126,6 +130,21 @@ def cmd_merge(args) -> int:
     save_pipeline(model, args.out)
     print(f"merged {changed} layers of {args.file} (scale {args.scale:g}) into {args.model}; wrote {args.out}")
     return 0
+
+
+def _check_same_naming(state: LoraState, model_family: str, args) -> None:
+    naming = {"sdxl": "sdxl"}
+    if naming.get(state.family, "sd15") != naming.get(model_family, "sd15"):
+        raise LoraFileError(f"{args.file}: a {state.family} LoRA cannot be merged into the {model_family} model {args.model}")
+
+
+def _quiet_loaders() -> None:
+    """No weight-loading progress bars: stderr is for the one-line error, if any."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def save_pipeline(model, out: str) -> None:
