@@ -232,3 +232,23 @@ def test_readme_api_example_runs(tmp_path):
     assert errors.reported == [] and res.comments == "" and len(res.images) == 2
     params = infotext_utils.parse_generation_parameters(res.infotexts[0])
     assert params["SPO"] == "per-step" and params["SPO SPM"] == spo[2] and params["SPO window"] == "0.2-1"
+
+
+# ------------------------------------------------------------------ img2img
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DDIM"])
+def test_img2img_per_step_and_best_of_k(tmp_path, sampler):
+    from PIL import Image
+
+    runner, spo, _ = H.setup_webui(tmp_path, img2img=True)
+    assert spo.elem_id("k") == "script_img2img_spo_k"
+    init = Image.fromarray(np.full((32, 32, 3), 120, dtype=np.uint8))
+    sampler_off = "Euler a"  # the stand-in does not simulate DDIM itself
+    _, plain = H.run_img2img(runner, init, sampler_name=sampler_off)
+    _, res = H.run_img2img(runner, init, H.spo_args(runner, k=4), sampler_name=sampler)
+    assert errors.reported == [] and res.comments == "" and len(res.images) == 2
+    assert all(H.red_score(a) > H.red_score(b) for a, b in zip(res.images, plain.images))
+    assert all("SPO: per-step" in t for t in res.infotexts)
+    _, best = H.run_img2img(runner, init, H.spo_args(runner, mode="best-of-k", k=3), sampler_name=sampler_off)
+    assert errors.reported == [] and len(best.images) == 2 and best.all_seeds[0] in (77, 79, 81)

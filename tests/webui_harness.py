@@ -61,7 +61,7 @@ def forget_extension_modules() -> None:
         del sys.modules[name]
 
 
-def setup_webui(tmp: Path, how: str = "repo", sdxl: bool = False, spm_files=("red_sd15.pt", "red_sdxl.pt")):
+def setup_webui(tmp: Path, how: str = "repo", sdxl: bool = False, spm_files=("red_sd15.pt", "red_sdxl.pt"), img2img=False):
     """Load the extension like A1111 does and build the txt2img script runner.
 
     Returns (runner, spo_script, script_module). SPM files are empty placeholders read by
@@ -80,7 +80,7 @@ def setup_webui(tmp: Path, how: str = "repo", sdxl: bool = False, spm_files=("re
     module.SPM_CACHE.clear()
     module.SPM_CACHE._loader = red_loader
     runner = scripts.ScriptRunner()
-    runner.initialize_scripts(is_img2img=False)
+    runner.initialize_scripts(is_img2img=img2img)
     runner.setup_ui()
     spo = next(s for s in runner.alwayson_scripts if s.title() == "SPO")
     return runner, spo, module
@@ -100,6 +100,16 @@ def run_txt2img(runner, script_args=None, **kw):
                 cfg_scale=1.5)
     opts.update(kw)
     p = processing.StableDiffusionProcessingTxt2Img(script_args=args, scripts_runner=runner, **opts)
+    return p, processing.process_images(p)
+
+
+def run_img2img(runner, init_image, script_args=None, **kw):
+    """One img2img job (runner built with is_img2img=True)."""
+    args = script_args if script_args is not None else runner.default_args()
+    opts = dict(prompt="a red square", seed=77, batch_size=2, steps=10, sampler_name="Euler a", width=32, height=32,
+                cfg_scale=1.5, denoising_strength=0.6)
+    opts.update(kw)
+    p = processing.StableDiffusionProcessingImg2Img(init_images=[init_image], script_args=args, scripts_runner=runner, **opts)
     return p, processing.process_images(p)
 
 

@@ -75,6 +75,12 @@ class ToySDModel:
     def get_learned_conditioning(self, prompts):
         return torch.stack([prompt_mean(p) for p in prompts])
 
+    def encode_first_stage(self, image):
+        """Images [B,3,H,W] in [-1, 1] -> latents [B,4,H/8,W/8] (inverse of the decoder on 3 channels)."""
+        small = torch.nn.functional.avg_pool2d(image, 8).clamp(-0.99, 0.99)
+        lat = 2 * torch.atanh(small)
+        return torch.cat([lat, lat.mean(dim=1, keepdim=True)], dim=1)
+
     def decode_first_stage(self, x):
         """Latents [B,4,h,w] -> images [B,3,8h,8w] in [-1, 1]."""
         img = torch.tanh(0.5 * x[:, :3])

@@ -90,6 +90,31 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
         return self.sampler.sample(self, x, conditioning, unconditional_conditioning)
 
 
+class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
+    """img2img: the sampler is made in init() (before process_before_every_sampling), the init
+    image is encoded once and repeated for the batch, sampling starts part-way (denoising strength)."""
+
+    def __init__(self, init_images=None, denoising_strength=0.75, **kwargs):
+        super().__init__(**kwargs)
+        self.init_images = init_images or []
+        self.denoising_strength = denoising_strength
+
+    def init(self, all_prompts, all_seeds, all_subseeds):
+        self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
+        if len(self.init_images) != 1:
+            raise RuntimeError(f"stand-in: one init image, got {len(self.init_images)}")
+        arr = np.asarray(self.init_images[0].convert("RGB"), dtype=np.float32) / 127.5 - 1
+        image = torch.from_numpy(arr).permute(2, 0, 1)[None].repeat(self.batch_size, 1, 1, 1)
+        self.init_latent = self.sd_model.encode_first_stage(image)
+
+    def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
+        x = self.rng.next()
+        if self.scripts is not None:
+            self.scripts.process_before_every_sampling(p=self, x=self.init_latent, noise=x, c=conditioning,
+                                                       uc=unconditional_conditioning)
+        return self.sampler.sample_img2img(self, self.init_latent, x, conditioning, unconditional_conditioning)
+
+
 class Processed:
     def __init__(self, p, images_list, infotexts=None):
         self.images = images_list

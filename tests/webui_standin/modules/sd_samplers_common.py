@@ -34,6 +34,12 @@ class TorchHijack:
         return self.rng.next()
 
 
+def setup_img2img_steps(p, steps=None):
+    """(steps of the full schedule, steps actually run - 1) for denoising strength p.denoising_strength."""
+    steps = steps or p.steps
+    return steps, int(min(p.denoising_strength, 0.999) * steps)
+
+
 def samples_to_images_tensor(sample, approximation=None, model=None):
     """Latents -> images Tensor[B, 3, H, W] in [-1, 1] (approximation 0 = the full VAE)."""
     model = model if model is not None else shared.sd_model

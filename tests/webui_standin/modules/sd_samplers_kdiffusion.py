@@ -85,6 +85,32 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
             return get_sigmas_karras(steps, float(self.model_wrap.sigmas[0]), float(self.model_wrap.sigmas[-1]))
         return self.model_wrap.get_sigmas(steps)
 
+    def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
+        steps, t_enc = sd_samplers_common.setup_img2img_steps(p, steps)
+        sigmas = self.get_sigmas(p, steps)
+        sigma_sched = sigmas[steps - t_enc - 1:]
+        xi = x + noise * sigma_sched[0]
+        extra_params_kwargs = self.initialize(p)
+        parameters = inspect.signature(self.func).parameters
+        if "sigmas" in parameters:
+            extra_params_kwargs["sigmas"] = sigma_sched
+        if self.config.options.get("brownian_noise", False):
+            extra_params_kwargs["noise_sampler"] = lambda sigma, sigma_next: p.rng.next()
+        self.model_wrap_cfg.init_latent = x
+        self.last_latent = x
+        self.sampler_extra_args = {
+            "cond": conditioning,
+            "image_cond": image_conditioning,
+            "uncond": unconditional_conditioning,
+            "cond_scale": p.cfg_scale,
+            "s_min_uncond": 0.0,
+        }
+        return self.launch_sampling(
+            t_enc + 1,
+            lambda: self.func(self.model_wrap_cfg, xi, extra_args=self.sampler_extra_args, disable=False,
+                              callback=self.callback_state, **extra_params_kwargs),
+        )
+
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
         steps = steps or p.steps
         sigmas = self.get_sigmas(p, steps)

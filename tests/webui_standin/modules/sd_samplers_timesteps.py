@@ -13,6 +13,9 @@ class CompVisSampler(sd_samplers_common.Sampler):
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
         raise NotImplementedError("stand-in: timestep samplers (DDIM, PLMS, UniPC) are not simulated")
 
+    def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
+        raise NotImplementedError("stand-in: timestep samplers (DDIM, PLMS, UniPC) are not simulated")
+
 
 samplers_data_timesteps = [
     sd_samplers_common.SamplerData(name, lambda model, name=name: CompVisSampler(name, model), [], {})
