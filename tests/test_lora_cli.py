@@ -175,3 +175,42 @@ def test_merge_cli_equals_applying_the_lora(tmp_path, capsys):
     assert_one_line_error(run_inline(capsys, "merge", xl, "--model", model_dir, "--out", tmp_path / "m2"), xl,
                           "cannot be merged into the shapes model")
     assert not (tmp_path / "m2").exists()
+
+
+def spo_release_like(family, rank, path):
+    """The official SPO release layout at real size: diffusers-old keys on every attention
+    projection (to_q, to_k, to_v, to_out.0) of the real UNet, fp32, no alphas."""
+    import re
+
+    from trainer.lora.families import real_module_table
+
+    tensors = {}
+    for name, shape in real_module_table(family)["unet"].items():
+        out_f, in_f = shape[0], shape[1]
+        if re.search(r"attn[12]\.(to_q|to_k|to_v|to_out\.0)$", name):
+            tensors[f"unet.{name}.lora.down.weight"] = torch.randn(rank, in_f) * 0.01
+            tensors[f"unet.{name}.lora.up.weight"] = torch.randn(out_f, rank) * 0.01
+    save_file(tensors, str(path))
+    return tensors
+
+
+@pytest.mark.parametrize("family,rank,layers", [("sd15", 4, 128), ("sdxl", 1, 560)])
+def test_real_size_spo_release_layout_converts_for_webui(family, rank, layers, tmp_path, capsys):
+    src = tmp_path / "spo_lora_diffusers.safetensors"
+    spo_release_like(family, rank, src)
+    if family == "sd15":  # the official spo-sd-v1-5_4k-p_10ep_lora_diffusers.safetensors is 3.2 MB
+        assert 3.1e6 < src.stat().st_size < 3.3e6
+    out = tmp_path / "spo_webui.safetensors"
+    rc, _, err = run_inline(capsys, "convert", src, out)  # family detected from the shapes
+    assert rc == 0, err
+    state = read_lora(out)
+    assert (state.family, state.layout, len(state.modules)) == (family, "kohya", layers)
+    with __import__("safetensors").safe_open(str(out), "pt") as f:
+        keys = list(f.keys())
+    assert len(keys) == 3 * layers and all(k.startswith("lora_unet_") for k in keys)
+    if family == "sdxl":
+        assert "lora_unet_middle_block_1_transformer_blocks_9_attn2_to_k.alpha" in keys
+        assert "lora_unet_output_blocks_2_1_transformer_blocks_9_attn1_to_out_0.lora_up.weight" in keys
+    else:
+        assert "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_v.lora_down.weight" in keys
+    assert state.metadata["ss_network_dim"] == str(rank) and state.metadata["ss_network_alpha"] == f"{rank:.1f}"
