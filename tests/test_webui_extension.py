@@ -188,7 +188,7 @@ def test_paste_restores_spo_settings_and_turns_spo_off_without_them(tmp_path):
         (dict(spm=""), "a red square", "no step-aware preference model selected"),
         (dict(mode="bogus"), "a red square", "mode must be one of"),
         (dict(window_start=0.9, window_end=0.1), "a red square", "branching window"),
-        (dict(), "   ", "cannot score this batch's prompts"),
+        (dict(), "   ", "cannot score this batch (ValueError: SPM score: prompts must be non-empty"),
         (dict(spm="broken_sd15.pt"), "a red square", "could not load SPM"),
     ],
 )
@@ -252,3 +252,15 @@ def test_img2img_per_step_and_best_of_k(tmp_path, sampler):
     assert all("SPO: per-step" in t for t in res.infotexts)
     _, best = H.run_img2img(runner, init, H.spo_args(runner, mode="best-of-k", k=3), sampler_name=sampler_off)
     assert errors.reported == [] and len(best.images) == 2 and best.all_seeds[0] in (77, 79, 81)
+
+
+def test_spm_failing_mid_sampling_finishes_the_image_and_says_so(tmp_path):
+    runner, spo, _ = H.setup_webui(tmp_path, spm_files=("flaky_sd15.pt",))
+    p, res = H.run_txt2img(runner, H.spo_args(runner, spm="flaky_sd15.pt"), batch_size=2, n_iter=2)
+    assert errors.reported == [] and len(res.images) == 4
+    # batch 1: fails at its second branched step, finishes without selection; batch 2: refused up front
+    assert "SPO: the SPM failed at t=" in res.comments and "CUDA out of memory" in res.comments
+    assert "SPO: the SPM cannot score this batch (RuntimeError: CUDA out of memory)" in res.comments
+    for text in res.infotexts:
+        params = infotext_utils.parse_generation_parameters(text)
+        assert "SPO score" not in params and "CUDA out of memory" in params["SPO skipped"]

@@ -87,7 +87,7 @@ def test_real_spm_from_models_folder_scores_infotext_and_tab(tmp_path, tiny_spm_
     from trainer.spm import load_spm
 
     runner, spo, module = H.setup_webui(tmp_path)
-    module.SPM_CACHE._loader = None  # trainer.spm.load_spm, as in the WebUI
+    module.SPM_CACHE.loader = None  # trainer.spm.load_spm, as in the WebUI
     assert "tiny-sd15" in module.list_spm_files(module.spm_dir())
     p, res = H.run_txt2img(runner, H.spo_args(runner, spm="tiny-sd15", k=2), batch_size=2, steps=6)
     assert errors.reported == [] and res.comments == ""
@@ -114,7 +114,7 @@ def test_real_spm_sdxl_family_is_refused_on_sd15(tmp_path, tiny_spm_dir):
     cfg["family"] = "sdxl"
     cfg_path.write_text(json.dumps(cfg))
     runner, spo, module = H.setup_webui(tmp_path)
-    module.SPM_CACHE._loader = None
+    module.SPM_CACHE.loader = None
     _, res = H.run_txt2img(runner, H.spo_args(runner, spm="tiny-sd15"), batch_size=1)
     assert "is for SDXL but the loaded checkpoint is SD-1.5" in res.comments
     params = infotext_utils.parse_generation_parameters(res.infotexts[0])

@@ -34,11 +34,22 @@ class RedSPM:
         return images[:, 0].mean(dim=(1, 2)) * 10
 
 
+class FlakySPM(RedSPM):
+    """Fails from its `fail_at`-th call on (the first call is the script's pre-flight check)."""
+
+    fail_at = 3
+
+    def score(self, images, prompts, timesteps):
+        if len(self.calls) + 1 >= self.fail_at:
+            raise RuntimeError("CUDA out of memory")
+        return super().score(images, prompts, timesteps)
+
+
 def red_loader(path):
     name = os.path.basename(path)
     if "broken" in name:
         raise RuntimeError("unexpected EOF")
-    return RedSPM("sdxl" if "sdxl" in name else "sd15")
+    return (FlakySPM if "flaky" in name else RedSPM)("sdxl" if "sdxl" in name else "sd15")
 
 
 def install(tmp: Path, how: str = "repo") -> Path:
@@ -78,7 +89,7 @@ def setup_webui(tmp: Path, how: str = "repo", sdxl: bool = False, spm_files=("re
     scripts.load_scripts(str(install(tmp, how)))
     module = sys.modules["webui_extension.script"]
     module.SPM_CACHE.clear()
-    module.SPM_CACHE._loader = red_loader
+    module.SPM_CACHE.loader = red_loader
     runner = scripts.ScriptRunner()
     runner.initialize_scripts(is_img2img=img2img)
     runner.setup_ui()

@@ -36,7 +36,8 @@ def score_images(spm, images: torch.Tensor, prompts: Sequence[str], timesteps: t
     """spm.score on images in [-1, 1], moved to the SPM's device; returns Tensor[N] float32 on the CPU."""
     device = _device_of(spm, images.device)
     with torch.no_grad():
-        s = spm.score(images.to(device=device, dtype=torch.float32).clamp(-1, 1), list(prompts), timesteps.to(device).long())
+        images = images.to(device=device, dtype=torch.float32).clamp(-1, 1)
+        s = spm.score(images, list(prompts), timesteps.to(device).long())
     return s.detach().float().cpu().reshape(-1)
 
 
@@ -90,7 +91,8 @@ class SPOSamplerFunction:
                 images = torch.cat([self.decode(c) for c in x0.split(B)])
                 return score_images(self.spm, images, prompts_k[: x0.shape[0]], t).to(x0.device)
             except Exception as e:  # never crash the WebUI mid-image; finish it without selection
-                self.report.error = f"SPO: the SPM failed at t={int(t[0])} ({type(e).__name__}: {e}); the rest of this image was sampled without SPO selection."
+                self.report.error = (f"SPO: the SPM failed at t={int(t[0])} ({type(e).__name__}: {e}); "
+                                     "the rest of the batch was sampled without SPO selection.")
                 return torch.zeros(x0.shape[0], device=x0.device)
 
         noise = None

@@ -79,14 +79,16 @@ def create_tab(list_spms, load_spm):
                 prompt = gr.Textbox(label="Prompt", lines=2)
                 with gr.Row():
                     choices = list_spms()
-                    spm = gr.Dropdown(choices, value=choices[0] if choices else None, label="Step-aware preference model",
+                    spm = gr.Dropdown(choices, value=choices[0] if choices else None,
+                                      label="Step-aware preference model",
                                       allow_custom_value=True)
                     refresh = gr.Button("\U0001f504", scale=0)
                 timestep = gr.Slider(0, 999, value=0, step=1, label="Timestep (0 = finished image)")
                 run = gr.Button("Score", variant="primary")
             with gr.Column():
                 message = gr.Markdown()
-                table = gr.Dataframe(headers=["rank", "image", "score"], datatype=["number", "str", "number"], interactive=False)
+                table = gr.Dataframe(headers=["rank", "image", "score"], datatype=["number", "str", "number"],
+                                     interactive=False)
                 gallery = gr.Gallery(label="Ranked", columns=4)
         refresh.click(fn=lambda: gr.update(choices=list_spms()), inputs=[], outputs=[spm])
         run.click(

@@ -22,7 +22,7 @@ import gradio as gr
 import torch
 
 from modules import devices, paths, script_callbacks, scripts, sd_samplers_common, sd_samplers_kdiffusion, shared
-from modules.ui_components import InputAccordion
+from modules.ui_components import InputAccordion, ToolButton
 
 from . import guided, scorer_tab
 from .settings import (
@@ -64,10 +64,10 @@ def model_family(sd_model) -> str:
 
 def load_spm_by_name(name: str):
     """The SPM file `name` from the SPM folder, loaded once onto the WebUI's device."""
-    if SPM_CACHE._device is None:
+    if SPM_CACHE.device is None:
         # the SPM is a ~1.3 B-parameter CLIP-H: half precision on the GPU unless the WebUI runs in full
-        SPM_CACHE._device = devices.device
-        SPM_CACHE._dtype = devices.dtype if devices.device.type == "cuda" else torch.float32
+        SPM_CACHE.device = devices.device
+        SPM_CACHE.dtype = devices.dtype if devices.device.type == "cuda" else torch.float32
     return SPM_CACHE.get(resolve_spm(spm_dir(), name))
 
 
@@ -99,7 +99,9 @@ class RunState:
     # infotext per image, keyed by (seed, prompt): A1111 indexes images per batch in one place
     # and per job in another, but both pass matching seed and prompt lists.
     fields: dict[tuple[int, str], dict[str, str]] = field(default_factory=dict)
-    kept: dict[str, list] = field(default_factory=lambda: {"prompts": [], "negative_prompts": [], "seeds": [], "subseeds": []})
+    kept: dict[str, list] = field(  # best-of-k: the kept images' job lists
+        default_factory=lambda: {"prompts": [], "negative_prompts": [], "seeds": [], "subseeds": []})
+    kept_scores: list[float] = field(default_factory=list)  # best-of-k: the current batch's kept scores
     sampler_fn: guided.SPOSamplerFunction | None = None
 
     def skip(self, p, message: str, images: list[tuple[int, str]] | None = None) -> None:
@@ -130,24 +132,28 @@ class SPOScript(scripts.Script):
     def ui(self, is_img2img):
         d = SPOSettings()
         choices = list_spm_files(spm_dir())
-        with InputAccordion(False, label="SPO: step-aware preference", elem_id=self.elem_id("enabled")) as enabled:
+        eid = self.elem_id
+        with InputAccordion(False, label="SPO: step-aware preference", elem_id=eid("enabled")) as enabled:
             with gr.Row():
-                mode = gr.Radio(list(MODES), value=d.mode, label="Mode", elem_id=self.elem_id("mode"),
-                                info="per-step: k candidates at each step, the SPM keeps one; best-of-k: k images, keep the best")
-                spm = gr.Dropdown(choices, value=choices[0] if choices else None, label="Step-aware preference model (models/spo)",
-                                  elem_id=self.elem_id("spm"), allow_custom_value=True)
-                refresh = gr.Button("\U0001f504", elem_id=self.elem_id("refresh"), scale=0)
+                mode = gr.Radio(list(MODES), value=d.mode, label="Mode", elem_id=eid("mode"),
+                                info="per-step: k candidates at each step, the SPM keeps one; "
+                                     "best-of-k: k images per prompt, the best is kept")
+                spm = gr.Dropdown(choices, value=choices[0] if choices else None, allow_custom_value=True,
+                                  label="Step-aware preference model (models/spo)", elem_id=eid("spm"))
+                refresh = ToolButton(value="\U0001f504", elem_id=eid("refresh"))
                 refresh.click(fn=lambda: gr.update(choices=list_spm_files(spm_dir())), inputs=[], outputs=[spm])
             with gr.Row():
-                k = gr.Slider(2, K_MAX, value=d.k, step=1, label="k (candidates per step / images per prompt)", elem_id=self.elem_id("k"))
+                k = gr.Slider(2, K_MAX, value=d.k, step=1, label="k (candidates per step / images per prompt)",
+                              elem_id=eid("k"))
             with gr.Row():
-                window_start = gr.Slider(0.0, 1.0, value=d.window_start, step=0.05, label="Branch from (fraction of steps)",
-                                         elem_id=self.elem_id("window_start"))
-                window_end = gr.Slider(0.0, 1.0, value=d.window_end, step=0.05, label="Branch until", elem_id=self.elem_id("window_end"))
+                window_start = gr.Slider(0.0, 1.0, value=d.window_start, step=0.05,
+                                         label="Branch from (fraction of steps)", elem_id=eid("window_start"))
+                window_end = gr.Slider(0.0, 1.0, value=d.window_end, step=0.05, label="Branch until",
+                                       elem_id=eid("window_end"))
             with gr.Row():
-                selection = gr.Radio(list(SELECTIONS), value=d.selection, label="Selection", elem_id=self.elem_id("selection"))
+                selection = gr.Radio(list(SELECTIONS), value=d.selection, label="Selection", elem_id=eid("selection"))
                 temperature = gr.Slider(0.01, 10.0, value=d.temperature, step=0.01, label="Softmax temperature",
-                                        elem_id=self.elem_id("temperature"))
+                                        elem_id=eid("temperature"))
 
         def window(i):
             return lambda params: SPOSettings.from_infotext(params).window[i] if KEY_MODE in params else None
@@ -197,7 +203,8 @@ class SPOScript(scripts.Script):
         try:
             guided.preflight(state.spm, p.prompts)
         except Exception as e:  # e.g. a prompt the SPM's tokenizer rejects
-            message = f"SPO: the SPM cannot score this batch's prompts ({type(e).__name__}: {e}); generated without SPO."
+            message = (f"SPO: the SPM cannot score this batch ({type(e).__name__}: {e}); "
+                       "generated without SPO.")
             state.skip(p, message, _image_keys(p))
             state.sampler_fn = None
             return
@@ -234,7 +241,7 @@ class SPOScript(scripts.Script):
             state.skip(p, error, _image_keys(p))
             return
         for i in range(len(pp.images)):
-            score = scores[i] if state.settings.mode == "per-step" else p.spo_kept_scores[i]
+            score = scores[i] if state.settings.mode == "per-step" else state.kept_scores[i]
             fields = dict(state.settings.infotext())
             fields[KEY_SCORE] = f"{float(score):.4f}"
             state.fields[(int(p.seeds[i]), p.prompts[i])] = fields
@@ -330,4 +337,4 @@ def _keep_best_of_k(p, pp, scores, state: RunState) -> None:
         values = [getattr(p, name)[i] for i in keep]
         setattr(p, name, values)
         state.kept[name].extend(values)
-    p.spo_kept_scores = kept_scores
+    state.kept_scores = kept_scores

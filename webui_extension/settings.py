@@ -83,7 +83,8 @@ class SPOSettings:
         if self.k > K_MAX:
             return f"SPO: k must be at most {K_MAX} (got {self.k}); generated without SPO."
         if not self.spm:
-            return "SPO: no step-aware preference model selected; put one in models/spo and pick it. Generated without SPO."
+            return ("SPO: no step-aware preference model selected; put one in models/spo and pick it. "
+                    "Generated without SPO.")
         if self.mode == "per-step":
             if not 0.0 <= self.window_start <= self.window_end <= 1.0:
                 return (
@@ -91,7 +92,8 @@ class SPOSettings:
                     f"{self.window_start}..{self.window_end}; generated without SPO."
                 )
             if self.selection not in SELECTIONS:
-                return f"SPO: selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}; generated without SPO."
+                return (f"SPO: selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}; "
+                        "generated without SPO.")
             if self.selection == "softmax" and not self.temperature > 0:
                 return f"SPO: softmax temperature must be > 0, got {self.temperature}; generated without SPO."
         return None

@@ -92,9 +92,9 @@ class SPMCache:
     """
 
     def __init__(self, loader=None, device=None, dtype=None):
-        self._loader = loader
-        self._device = device
-        self._dtype = dtype
+        self.loader = loader
+        self.device = device
+        self.dtype = dtype
         self._lock = threading.Lock()
         self._loaded: LoadedSPM | None = None
 
@@ -119,12 +119,12 @@ class SPMCache:
             self._loaded = None
 
     def _load(self, path: str):
-        loader = self._loader
+        loader = self.loader
         if loader is None:
             loader = _trainer_load_spm()
         model = loader(path)
-        if (self._device is not None or self._dtype is not None) and hasattr(model, "to"):
-            model = model.to(device=self._device, dtype=self._dtype) or model
+        if (self.device is not None or self.dtype is not None) and hasattr(model, "to"):
+            model = model.to(device=self.device, dtype=self.dtype) or model
         if hasattr(model, "eval"):
             model.eval()
         return model

@@ -14,3 +14,7 @@ class InputAccordion(gr.Checkbox):
 
     def __exit__(self, *exc):
         return self.accordion.__exit__(*exc)
+
+
+class ToolButton(gr.Button):
+    """A small square button (A1111's refresh buttons)."""
