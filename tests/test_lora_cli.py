@@ -214,3 +214,22 @@ def test_real_size_spo_release_layout_converts_for_webui(family, rank, layers, t
     else:
         assert "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_v.lora_down.weight" in keys
     assert state.metadata["ss_network_dim"] == str(rank) and state.metadata["ss_network_alpha"] == f"{rank:.1f}"
+
+
+def test_unknown_keys_are_reported_not_dropped_silently(tmp_path, capsys):
+    src = tmp_path / "mixed.safetensors"
+    real_shaped_sd15_lora(src)
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(src))
+    tensors["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_magnitude_vector"] = torch.ones(320)
+    save_file(tensors, str(src))
+    rc, out, _ = run_inline(capsys, "inspect", src)
+    assert rc == 0 and "unknown:    1 keys" in out and "lora_magnitude_vector" in out
+    rc, _, err = run_inline(capsys, "convert", src, tmp_path / "k.safetensors")
+    assert rc == 0 and err.startswith("warning: ") and "1 keys are not LoRA weights" in err
+
+    loha = tmp_path / "loha.safetensors"
+    save_file({"lora_unet_mid_block_attentions_0_proj_in.hada_w1_a": torch.zeros(4, 2),
+               "lora_unet_mid_block_attentions_0_proj_in.alpha": torch.tensor(2.0)}, str(loha))
+    assert_one_line_error(run_inline(capsys, "inspect", loha), loha, "no LoRA weights of a known layout")

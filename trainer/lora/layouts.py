@@ -210,6 +210,11 @@ def build_state(
     peft_config: LoraConfig dict (adapter_config.json) giving alphas for bare PEFT files.
     """
     parsed = parse_keys(tensors)
+    # a lone ".alpha" belongs to weights of another kind (LoHa, LoKr, ...): report it with them
+    for where, entry in list(parsed.entries.items()):
+        if set(entry.parts) == {"alpha"}:
+            parsed.unknown_keys.extend(entry.keys)
+            del parsed.entries[where]
     if not parsed.entries:
         sample = ", ".join(list(tensors)[:3]) or "no tensors"
         raise LoraFileError(f"no LoRA weights of a known layout found (keys: {sample})")
