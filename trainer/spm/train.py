@@ -156,7 +156,7 @@ def initial_spm(cfg: SPMTrainConfig, family: str | None):
             raise SPMError(f"--init {cfg.init} is step-aware; a step-agnostic model cannot be made from it")
         spm.family = family or spm.family
     if spm.tokenizer is None:
-        raise SPMError(f"--init {cfg.init}: no tokenizer found beside the CLIP model (expected tokenizer/ or vocab.json)")
+        raise SPMError(f"--init {cfg.init}: no tokenizer found beside the CLIP model (expected a tokenizer/ folder or tokenizer files)")
     spm.get_tokenizer()  # fail now, not after the first batch
     return spm.float().train().requires_grad_(True)
 

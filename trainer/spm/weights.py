@@ -33,6 +33,7 @@ FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 LEGACY_BUFFERS = ("model.text_model.embeddings.position_ids", "model.vision_model.embeddings.position_ids")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 FAMILY_HINTS = (("sd-v1-5_", "sd15"), ("sd15_", "sd15"), ("sdxl_", "sdxl"))
 
 
@@ -281,7 +282,7 @@ def spm_from_clip(
         except (OSError, ValueError) as e:
             raise SPMError(f"{root}: cannot load a CLIPModel ({str(e).splitlines()[0][:160]})") from None
         for cand in (root / "tokenizer", root):
-            if (cand / "vocab.json").is_file():
+            if any((cand / name).is_file() for name in TOKENIZER_FILES):
                 tokenizer = str(cand)
                 break
         preprocess = _processor_settings(root, clip.config.vision_config.image_size)
