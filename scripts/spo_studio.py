@@ -8,7 +8,8 @@ import sys
 
 _repo = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 if _repo not in sys.path:
-    sys.path.insert(0, _repo)  # A1111 puts it there only while loading this file; SPO imports lazily later
+    # A1111 adds it only while this file loads; appended, so the WebUI's own modules keep precedence
+    sys.path.append(_repo)
 
 from webui_extension.script import SPOScript, register_callbacks  # noqa: E402,F401  (SPOScript: found by A1111)
 

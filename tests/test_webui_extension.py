@@ -3,6 +3,7 @@ SPO-guided txt2img end to end, best-of-k, infotext and paste, bad input."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,10 +19,12 @@ def images_equal(a, b) -> bool:
 # ------------------------------------------------------------------ install layouts
 
 
-@pytest.mark.parametrize("how", ["repo", "copy"])
+@pytest.mark.parametrize("how", ["repo", "link", "copy"])
 def test_extension_loads_registers_script_tab_and_option(tmp_path, how):
-    runner, spo, _ = H.setup_webui(tmp_path, how)
+    runner, spo, module = H.setup_webui(tmp_path, how)
     assert errors.reported == []
+    want = {"repo": H.REPO, "link": H.REPO, "copy": tmp_path / "extensions" / "spo-copy"}[how]
+    assert Path(module.__file__).resolve().is_relative_to(want.resolve())  # the installed copy runs
     assert spo.alwayson and spo.args_to - spo.args_from == 8
     tabs = script_callbacks.ui_tabs_callback()
     assert [(title, elem) for _, title, elem in tabs] == [("SPO Scorer", "spo_scorer")]
@@ -264,3 +267,21 @@ def test_spm_failing_mid_sampling_finishes_the_image_and_says_so(tmp_path):
     for text in res.infotexts:
         params = infotext_utils.parse_generation_parameters(text)
         assert "SPO score" not in params and "CUDA out of memory" in params["SPO skipped"]
+
+
+def test_copied_folder_without_trainer_says_how_to_fix(tmp_path):
+    """A copy of webui_extension/ in a WebUI whose Python lacks spo-studio: one clear line, no script."""
+    import subprocess
+    import sys
+
+    ext = H.install(tmp_path, "copy")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "sys.modules['trainer'] = None;"  # not installed (even where CI pip-installed the repository)
+        "from modules import scripts; scripts.load_scripts(sys.argv[2]);"
+        "print('SCRIPTS', len(scripts.scripts_data))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(H.STANDIN), str(ext)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "the `trainer` package is not importable" in out.stdout and "SCRIPTS 0" in out.stdout

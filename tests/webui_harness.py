@@ -54,11 +54,14 @@ def red_loader(path):
 
 def install(tmp: Path, how: str = "repo") -> Path:
     """An A1111 `extensions/` folder with spo-studio installed `how`: "repo" (Install from URL:
-    the whole repository) or "copy" (only webui_extension/, under another folder name)."""
+    the whole repository), "link" (a link to webui_extension/) or "copy" (only webui_extension/,
+    under another folder name; `trainer` comes from the Python path, as when pip-installed)."""
     ext = tmp / "extensions"
     ext.mkdir(exist_ok=True)
     if how == "repo":
         (ext / "spo-studio").symlink_to(REPO, target_is_directory=True)
+    elif how == "link":
+        (ext / "spo-link").symlink_to(REPO / "webui_extension", target_is_directory=True)
     else:
         import shutil
 

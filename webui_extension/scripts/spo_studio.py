@@ -12,7 +12,7 @@ import sys
 _pkg = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 _repo = os.path.dirname(_pkg)
 if os.path.isdir(os.path.join(_repo, "trainer")) and _repo not in sys.path:
-    sys.path.insert(0, _repo)
+    sys.path.append(_repo)  # a linked folder: the repository is its parent
 
 if "webui_extension" not in sys.modules:
     _spec = importlib.util.spec_from_file_location(
@@ -22,7 +22,15 @@ if "webui_extension" not in sys.modules:
     sys.modules["webui_extension"] = _module
     _spec.loader.exec_module(_module)
 
-if importlib.util.find_spec("trainer") is None:
+
+def _trainer_importable() -> bool:
+    try:
+        return importlib.util.find_spec("trainer.spo.guided_sampler") is not None
+    except ImportError:
+        return False
+
+
+if not _trainer_importable():
     print(
         "spo-studio: the `trainer` package is not importable; run `<webui python> -m pip install --no-deps "
         "<spo-studio checkout or URL>` or link the folder instead of copying it. SPO is disabled."
