@@ -80,7 +80,7 @@ def _resolve(model: torch.nn.Module, state: LoraState, component: str | None) ->
         where = state.source or "LoRA"
         if target is None:
             raise LoraFileError(f"{where}: {component} layer {path} does not exist in this model (a LoRA for another model family?)")
-        layer = live[target]
+        layer = getattr(live[target], "base_layer", live[target])  # a layer peft already wraps
         if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
             raise LoraFileError(f"{where}: {component}.{path} is a {type(layer).__name__}, not a Linear/Conv2d layer")
         why = shape_mismatch(mod, tuple(layer.weight.shape))
@@ -126,7 +126,7 @@ def merge_lora(
     live = dict(model.named_modules())
     with torch.no_grad():
         for path, (_, mod) in resolved.items():
-            weight = live[path].weight
+            weight = getattr(live[path], "base_layer", live[path]).weight
             delta = mod.delta().reshape(weight.shape)
             weight.copy_((weight.float() + scale * delta).to(weight.dtype))
     return sorted(resolved)
