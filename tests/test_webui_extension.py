@@ -92,7 +92,8 @@ def test_per_step_spo_selects_by_the_spm_and_writes_infotext(tmp_path):
 def test_per_step_calls_model_per_sample_batch_and_keeps_step_counter(tmp_path):
     runner, spo, module = H.setup_webui(tmp_path)
     steps, k = 8, 3
-    p, res = H.run_txt2img(runner, H.spo_args(runner, k=k, window_start=0.5, window_end=1.0), steps=steps)
+    p, res = H.run_txt2img(runner, H.spo_args(runner, k=k, window_start=0.5, window_end=1.0), steps=steps,
+                           prompt="(a red square:1.2) <lora:spo:1>")
     cfg = p.sampler.model_wrap_cfg
     # 8 steps, steps 4..6 branch (step 7 goes to σ = 0): the chosen candidate's x̂0 serves the next
     # step, so 8 − 3 fresh forwards + 3 branched steps × k candidate chunks of the batch
@@ -113,7 +114,7 @@ def test_per_step_calls_model_per_sample_batch_and_keeps_step_counter(tmp_path):
     sig = shared.sd_model.model_wrap.get_sigmas(steps)
     want_t = [int(shared.sd_model.model_wrap.sigma_to_t(sig[i + 1]).round()) for i in (4, 5, 6)]
     assert [c[2][0] for c in branch_calls] == want_t
-    assert all(c[1] == ["a red square"] * (2 * k) for c in branch_calls)
+    assert all(c[1] == ["a red square"] * (2 * k) for c in branch_calls)  # WebUI markup removed for the SPM
 
 
 def test_per_step_image_does_not_depend_on_its_batch(tmp_path):
@@ -192,6 +193,7 @@ def test_paste_restores_spo_settings_and_turns_spo_off_without_them(tmp_path):
         (dict(mode="bogus"), "a red square", "mode must be one of"),
         (dict(window_start=0.9, window_end=0.1), "a red square", "branching window"),
         (dict(), "   ", "cannot score this batch (ValueError: SPM score: prompts must be non-empty"),
+        (dict(), "<lora:only_a_lora:1>", "cannot score this batch (ValueError: SPM score: prompts must be non-empty"),
         (dict(spm="broken_sd15.pt"), "a red square", "could not load SPM"),
     ],
 )

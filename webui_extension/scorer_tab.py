@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from .guided import score_images
+from .prompt_text import plain_prompt
 from .spm_files import SPMUnavailable
 
 
@@ -58,7 +59,8 @@ def score_uploads(files, prompt: str, spm_name: str, timestep: float, load_spm):
         spm = load_spm(spm_name)
         paths = [getattr(f, "name", f) for f in files]
         images = [Image.open(path) for path in paths]
-        ranked = rank_images(spm, images, [os.path.basename(path) for path in paths], prompt, int(timestep))
+        names = [os.path.basename(path) for path in paths]
+        ranked = rank_images(spm, images, names, plain_prompt(prompt), int(timestep))
     except SPMUnavailable as e:
         return [], [], str(e)
     except Exception as e:  # a bad upload or a prompt the SPM rejects: say so in the tab

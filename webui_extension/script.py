@@ -25,6 +25,7 @@ from modules import devices, paths, script_callbacks, scripts, sd_samplers_commo
 from modules.ui_components import InputAccordion, ToolButton
 
 from . import guided, scorer_tab
+from .prompt_text import plain_prompt
 from .settings import (
     KEY_K,
     KEY_MODE,
@@ -201,7 +202,7 @@ class SPOScript(scripts.Script):
         if state is None or not state.active or state.settings.mode != "per-step" or getattr(p, "is_hr_pass", False):
             return
         try:
-            guided.preflight(state.spm, p.prompts)
+            guided.preflight(state.spm, _spm_prompts(p))
         except Exception as e:  # e.g. a prompt the SPM's tokenizer rejects
             message = (f"SPO: the SPM cannot score this batch ({type(e).__name__}: {e}); "
                        "generated without SPO.")
@@ -211,7 +212,7 @@ class SPOScript(scripts.Script):
         fn = guided.SPOSamplerFunction(
             settings=state.settings,
             spm=state.spm,
-            prompts=list(p.prompts),
+            prompts=_spm_prompts(p),
             decode=lambda x0: sd_samplers_common.samples_to_images_tensor(x0, 0, p.sd_model).float(),
             noise=p.rng.next,
             choice_generator=torch.Generator().manual_seed(int(p.seeds[0])),
@@ -232,7 +233,8 @@ class SPOScript(scripts.Script):
                 return
         try:
             images = torch.stack([img.float() for img in pp.images]) * 2 - 1
-            scores = guided.score_images(state.spm, images, p.prompts, torch.zeros(len(pp.images), dtype=torch.long))
+            t0 = torch.zeros(len(pp.images), dtype=torch.long)
+            scores = guided.score_images(state.spm, images, _spm_prompts(p), t0)
         except Exception as e:
             scores, error = None, f"SPO: the SPM could not score the images ({type(e).__name__}: {e})."
         if state.settings.mode == "best-of-k":
@@ -260,6 +262,11 @@ class SPOScript(scripts.Script):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _spm_prompts(p) -> list[str]:
+    """The batch's prompts as the SPM reads them: WebUI markup (weights, LoRA tags, ...) removed."""
+    return [plain_prompt(text) for text in p.prompts]
 
 
 def _image_keys(p) -> list[tuple[int, str]]:
