@@ -35,7 +35,17 @@ def _version_tuple(v: str) -> tuple:
     return tuple(out)
 
 
-def missing(reqs: list[str]) -> list[str]:
+def inside_a1111() -> bool:
+    """A1111 re-pins its own transformers/accelerate/numpy before running extension installers."""
+    try:
+        import launch  # noqa: F401  (A1111's launcher module)
+    except ImportError:
+        return False
+    return True
+
+
+def missing(reqs: list[str], upgrade: bool = True) -> list[str]:
+    """Requirements not installed at all, or (when upgrade) installed below their minimum."""
     todo = []
     for req in reqs:
         name, minimum = _split(req)
@@ -46,13 +56,14 @@ def missing(reqs: list[str]) -> list[str]:
         except metadata.PackageNotFoundError:
             todo.append(req)
             continue
-        if minimum and _version_tuple(have) < _version_tuple(minimum):
+        if upgrade and minimum and _version_tuple(have) < _version_tuple(minimum):
             todo.append(req)
     return todo
 
 
 def main() -> int:
-    todo = missing(requirements())
+    # Under A1111 only add what is absent: upgrading what it pins would fight it at every launch.
+    todo = missing(requirements(), upgrade=not inside_a1111())
     for req in todo:
         print(f"[spo-studio] installing {req}")
         # --no-deps would be safer for torch but breaks real needs; a constraint pins torch instead.
