@@ -111,8 +111,8 @@ def near_identity_vae(width: int = 8, gain: float = 0.5):
     return vae
 
 
-def save_spm_test_pipeline(root: Path, seed: int = 0) -> Path:
-    """tests/tiny_models' SD-1.5-layout pipeline with the near-identity VAE: 16×16 images, 4×16×16 latents."""
+def save_spm_test_pipeline(root: Path, seed: int = 0, size: int = 16) -> Path:
+    """tests/tiny_models' SD-1.5-layout pipeline with the near-identity VAE: size×size images and latents."""
     from tiny_models import save_tiny_pipeline
 
     root = save_tiny_pipeline(Path(root), seed=seed)
@@ -120,7 +120,43 @@ def save_spm_test_pipeline(root: Path, seed: int = 0) -> Path:
     import json
 
     cfg = json.loads(unet_cfg.read_text())
-    cfg["sample_size"] = 16
+    cfg["sample_size"] = size
     unet_cfg.write_text(json.dumps(cfg))
     near_identity_vae().save_pretrained(root / "vae")
     return root
+
+
+def colour_pairs(n: int, seed: int, size: int = 8, tie_fraction: float = 0.15) -> list[dict]:
+    """Pick-a-Pic rows with a rule a preference model can learn: the image in the caption's colour wins.
+
+    Captions "a red picture" / "a blue picture"; the other image is in the other colour; shades and
+    pixel noise vary. A tie_fraction of pairs has both images in the caption's colour, labelled 0.5/0.5.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    base = {"red": np.array([200, 40, 40]), "blue": np.array([40, 40, 200])}
+
+    def image(colour):
+        shade = base[colour][None, None] * rng.uniform(0.6, 1.2)
+        return np.clip(shade + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+
+    rows = []
+    for _ in range(n):
+        colour = str(rng.choice(["red", "blue"]))
+        other = "blue" if colour == "red" else "red"
+        caption = f"a {colour} picture"
+        if rng.random() < tie_fraction:
+            rows.append(dict(caption=caption, jpg_0=image(colour), jpg_1=image(colour), label_0=0.5, label_1=0.5))
+        elif rng.random() < 0.5:
+            rows.append(dict(caption=caption, jpg_0=image(colour), jpg_1=image(other), label_0=1.0, label_1=0.0))
+        else:
+            rows.append(dict(caption=caption, jpg_0=image(other), jpg_1=image(colour), label_0=0.0, label_1=1.0))
+    return rows
+
+
+def save_clip_dir(root: Path, seed: int = 0, image_size: int = 16) -> Path:
+    """A transformers CLIPModel directory with a tokenizer/ folder: what `--init` takes."""
+    tiny_clip(seed, image_size).save_pretrained(str(root))
+    tokenizer_dir(root)
+    return Path(root)

@@ -25,6 +25,16 @@ def decoded_x0(model: "DiffusionModel", latents: torch.Tensor, model_output: tor
     return model.decode(pred_x0)
 
 
+def add_noise(schedule, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """Forward diffusion q(x_t | x_0): x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε, computed in float32.
+
+    latents, noise: Tensor[B, C, h, w] (scaled latents); timesteps: Tensor[B] long. Returns
+    Tensor[B, C, h, w] in the latents' dtype.
+    """
+    alpha = schedule.alpha(timesteps).to(device=latents.device, dtype=torch.float32).view(-1, 1, 1, 1)
+    return (alpha.sqrt() * latents.float() + (1 - alpha).sqrt() * noise.float()).to(latents.dtype)
+
+
 @torch.inference_mode()
 def score_latents(
     spm: "StepAwarePreferenceModel",
@@ -74,8 +84,7 @@ def noised_pair_images(
     noise = torch.randn(latents[:b].shape, generator=generator, device=device, dtype=torch.float32).to(latents.dtype)
     t = timesteps.to(device).long()
     t2 = torch.cat([t, t])
-    alpha = model.schedule.alpha(t2).to(device=device, dtype=torch.float32).view(-1, 1, 1, 1)
-    x_t = (alpha.sqrt() * latents.float() + (1 - alpha).sqrt() * torch.cat([noise, noise]).float()).to(latents.dtype)
+    x_t = add_noise(model.schedule, latents, torch.cat([noise, noise]), t2)
     cond = model.encode_prompts(list(prompts) * 2)
     uncond = model.uncond_embeds(2 * b)
     out = model.guided_output(x_t, t2, cond, uncond, guidance_scale)

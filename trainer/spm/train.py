@@ -236,6 +236,7 @@ def train_spm(cfg: SPMTrainConfig) -> dict:
     set_seed(cfg.seed)
     log = (lambda msg: tqdm.write(msg)) if accelerator.is_main_process else (lambda msg: None)
 
+    train_pairs, eval_pairs = split_pairs(cfg)  # bad data paths fail before minutes of model loading
     base = None
     family = None if cfg.family == "auto" else cfg.family
     if cfg.noise:
@@ -246,7 +247,6 @@ def train_spm(cfg: SPMTrainConfig) -> dict:
         family = base.family.name
     spm = initial_spm(cfg, family)
     resolution = base.resolution if base is not None else spm.preprocess.image_size
-    train_pairs, eval_pairs = split_pairs(cfg)
 
     loader = torch.utils.data.DataLoader(
         train_pairs, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_pairs) >= cfg.batch_size,
