@@ -188,3 +188,15 @@ def test_train_cli_errors_are_one_line(world, capsys, tmp_path):
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "nodata" in err and "metadata.jsonl" in err and err.count("\n") == 1  # before any model loading
+
+
+def test_clean_training_without_noise(world, tmp_path):
+    """--noise false: a PickScore-style step-agnostic model on clean images, no base model needed."""
+    root, _, clip = world
+    cfg = make_config("shapes", init=str(clip), data=str(root / "train"), eval_data=str(root / "heldout"), noise=False,
+                      step_aware=False, out=str(tmp_path / "clean"), max_steps=30, batch_size=8, warmup_steps=3,
+                      save_every=0, progress=False)
+    report = train_spm(cfg)
+    assert list(report["after"]["buckets"]) == [0]
+    assert report["after"]["buckets"][0]["accuracy"] >= report["before"]["buckets"][0]["accuracy"] + 0.25
+    assert not load_spm(tmp_path / "clean" / "spm").step_aware

@@ -29,7 +29,7 @@ DEFAULT_BUCKETS = (0, 250, 500, 750, 950)
 @torch.no_grad()
 def accuracy_by_timestep(
     spm: "StepAwarePreferenceModel",
-    model: "DiffusionModel",
+    model: "DiffusionModel | None",
     pairs: torch.utils.data.Dataset,
     timesteps: Sequence[int] = DEFAULT_BUCKETS,
     batch_size: int = 8,
@@ -41,22 +41,29 @@ def accuracy_by_timestep(
     """{"buckets": {t: {"accuracy": float, "pairs": int}}, "mean_accuracy": float}.
 
     Noise and VAE samples are seeded per bucket, so two SPMs evaluated with the same seed see
-    the same x̂0 images.
+    the same x̂0 images. model None: the clean images themselves are scored, one bucket t = 0
+    (a PickScore-style model trained without noise).
     """
     was_training = spm.training
     spm.eval()
     n = len(pairs) if max_pairs is None else min(len(pairs), max_pairs)
     subset = torch.utils.data.Subset(pairs, range(n))
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=PairCollate(model.resolution))
+    if model is None:
+        timesteps = (0,)
+    resolution = model.resolution if model is not None else spm.preprocess.image_size
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=PairCollate(resolution))
     batches = list(loader)
     result = {}
     bar = tqdm(total=len(timesteps) * len(batches), desc="SPM eval", disable=not progress, leave=False)
     for t in timesteps:
-        gen = torch.Generator(model.device).manual_seed(seed * 1009 + int(t))
+        gen = torch.Generator(model.device if model is not None else "cpu").manual_seed(seed * 1009 + int(t))
         right = []
         for batch in batches:
             ts = torch.full((len(batch),), int(t), dtype=torch.long)
-            img0, img1 = noised_pair_images(model, batch.images_0, batch.images_1, batch.prompts, ts, guidance_scale, gen)
+            if model is None:
+                img0, img1 = batch.images_0, batch.images_1
+            else:
+                img0, img1 = noised_pair_images(model, batch.images_0, batch.images_1, batch.prompts, ts, guidance_scale, gen)
             s0 = spm(img0, batch.prompts, ts)
             s1 = spm(img1, batch.prompts, ts)
             right.append(pair_correct(s0.cpu(), s1.cpu(), batch.label_0, batch.label_1))

@@ -268,7 +268,7 @@ def train_spm(cfg: SPMTrainConfig) -> dict:
             log(f"resumed from {ckpt} at step {step}")
 
     def evaluate(tag: str) -> dict | None:
-        if not cfg.noise or len(eval_pairs) == 0 or not accelerator.is_main_process:
+        if len(eval_pairs) == 0 or not accelerator.is_main_process:
             return None
         report = _evaluate(accelerator.unwrap_model(spm), base, eval_pairs, cfg)
         log(format_accuracy_table(report, f"SPM pairwise accuracy ({tag})"))
