@@ -1,0 +1,216 @@
+"""Rebuild ShapesWorld's shipped models from scratch with fixed seeds.
+
+    python -m trainer.shapes.build [--stage all|world|pipeline|preference|spm] [--quick] [--out DIR]
+
+Stages: world (sample grid + ground-truth sanity numbers), pipeline (CLIP pretraining, VAE, UNet,
+SD-layout directory, held-out evaluation), preference (generic labels as a Pick-a-Pic-layout
+dataset, PickScore-style CLIP), spm (step-aware version via `python -m trainer.spm`). Each stage
+appends how it was trained and how well to <out>/record.json. --quick shrinks everything to
+minutes and writes to a scratch directory instead of the shipped weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .weights_dir import WEIGHTS
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Sizes and seeds of one build. Seeds are fixed so a rebuild reproduces the shipped weights."""
+
+    seed: int = 0
+    renders_per_caption: int = 12
+    clip_steps: int = 600
+    vae_steps: int = 1500
+    unet_steps: int = 4000
+    unet_batch: int = 64
+    eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
+    preference_pairs: int = 12000
+    preference_steps: int = 1200
+    threads: int = 2
+
+
+FULL = BuildConfig()
+QUICK = BuildConfig(renders_per_caption=2, clip_steps=20, vae_steps=20, unet_steps=20, eval_seeds=(0,),
+                    preference_pairs=256, preference_steps=20)
+STAGES = ("world", "pipeline", "preference", "spm")
+
+
+def update_record(out: Path, key: str, entry: dict) -> None:
+    path = out / "record.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record[key] = entry
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def stage_world(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
+    """A sample grid and the ground truth by quality level, so the record shows what the world is."""
+    from .render import render
+    from .report import image_grid
+    from .truth import aesthetic, alignment
+    from .world import heldout_captions, parse_caption, train_captions
+
+    caps = heldout_captions()[:8]
+    levels = (1.0, 0.75, 0.5, 0.25, 0.0)
+    rows, numbers = [], {}
+    for q in levels:
+        x = render([parse_caption(c) for c in caps], torch.full((len(caps),), q), torch.Generator().manual_seed(cfg.seed))
+        rows.append(x)
+    image_grid(rows, [f"q={q}" for q in levels]).save(out / "world_samples.png")
+    train = train_captions()
+    for q in levels:
+        x = render([parse_caption(c) for c in train], torch.full((len(train),), q), torch.Generator().manual_seed(cfg.seed))
+        numbers[str(q)] = {"aesthetic": float(aesthetic(x).mean()), "alignment": float(alignment(x, train).mean())}
+    return {"train_captions": len(train), "heldout_captions": len(heldout_captions()),
+            "ground_truth_by_quality_on_train_captions": numbers}
+
+
+def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from .architectures import TOKEN_LENGTH, scheduler_config
+    from .dataset import render_set
+    from .evaluate import heldout_report
+    from .tokenizer import write_tokenizer
+    from .train_clip import pretrain_clip
+    from .train_unet import encode_captions, encode_latents, train_unet
+    from .train_vae import measure_scaling_factor, train_vae
+    from .world import train_captions
+
+    timings = {}
+    t0 = time.time()
+    write_tokenizer(scratch / "tokenizer", max_length=TOKEN_LENGTH)
+    tokenizer = CLIPTokenizer.from_pretrained(str(scratch / "tokenizer"))
+    data = render_set(train_captions(), cfg.renders_per_caption, seed=cfg.seed)
+    timings["render_s"] = time.time() - t0
+    _log(f"rendered {data.images.shape[0]} training images")
+
+    t0 = time.time()
+    if (scratch / "clip").exists():
+        from transformers import CLIPModel
+
+        clip = CLIPModel.from_pretrained(str(scratch / "clip")).eval()
+        _log(f"clip: reused {scratch / 'clip'}")
+    else:
+        clip = pretrain_clip(data, tokenizer, cfg.clip_steps, seed=cfg.seed + 1, log=_log)
+        clip.save_pretrained(str(scratch / "clip"))
+    clip.save_pretrained(str(out / "clip"))
+    tokenizer.save_pretrained(str(out / "clip"))
+    timings["clip_s"] = time.time() - t0
+
+    t0 = time.time()
+    vae_ckpt = scratch / "vae"
+    if vae_ckpt.exists():
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(str(vae_ckpt)).eval()
+        _log(f"vae: reused {vae_ckpt}")
+    else:
+        vae = train_vae(data, cfg.vae_steps, seed=cfg.seed + 2, log=_log)
+        vae.save_pretrained(str(vae_ckpt))
+    scaling = measure_scaling_factor(vae, data)
+    vae.register_to_config(scaling_factor=scaling)
+    timings["vae_s"] = time.time() - t0
+    recon = vae_reconstruction_report(vae, data)
+    _log(f"vae scaling factor {scaling:.4f}; reconstruction {recon}")
+
+    t0 = time.time()
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    # transformers ≥ 5 flattens CLIPTextModel (no .text_model); older versions nest it.
+    getattr(text_encoder, "text_model", text_encoder).load_state_dict(clip.text_model.state_dict())
+    text_encoder.eval()
+    mean, std = encode_latents(vae, data)
+    states = encode_captions(text_encoder, tokenizer, data.captions)
+    uncond = encode_captions(text_encoder, tokenizer, [""])[0]
+    unet = train_unet(mean, std, data.caption_ids, states, uncond, scaling, cfg.unet_steps, seed=cfg.seed + 3,
+                      checkpoint=scratch / "unet_checkpoint.pt", batch=cfg.unet_batch, log=_log)
+    timings["unet_s"] = time.time() - t0
+
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(**scheduler_config()), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(out / "pipeline"))
+    _log(f"saved pipeline to {out / 'pipeline'}")
+    t0 = time.time()
+    loaded = StableDiffusionPipeline.from_pretrained(str(out / "pipeline"), safety_checker=None)
+    loaded.set_progress_bar_config(disable=True)
+    report = heldout_report(loaded, list(cfg.eval_seeds))
+    timings["eval_s"] = time.time() - t0
+    _log(f"held-out: alignment {report['alignment']['mean']:.3f}, aesthetic {report['aesthetic']['mean']:.2f} "
+         f"± {report['aesthetic_std']:.2f}")
+    params = {n: sum(p.numel() for p in m.parameters()) for n, m in
+              (("unet", unet), ("vae", vae), ("text_encoder", text_encoder), ("clip", clip))}
+    return {"training_images": int(data.images.shape[0]), "vae_scaling_factor": scaling, "parameters": params,
+            "vae_reconstruction": recon,
+            "seeds": {"render": cfg.seed, "clip": cfg.seed + 1, "vae": cfg.seed + 2, "unet": cfg.seed + 3},
+            "steps": {"clip": cfg.clip_steps, "vae": cfg.vae_steps, "unet": cfg.unet_steps},
+            "seconds": {k: round(v, 1) for k, v in timings.items()}, "heldout_eval": report}
+
+
+@torch.no_grad()
+def vae_reconstruction_report(vae, data, n: int = 256) -> dict:
+    """Does the autoencoder keep the ground truth? Aesthetic/alignment of originals vs reconstructions."""
+    from .truth import aesthetic, alignment
+
+    idx = torch.randperm(data.images.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+    x = data.batch(idx)
+    rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+    caps = [data.captions[i] for i in data.caption_ids[idx].tolist()]
+    a0, a1 = aesthetic(x), aesthetic(rec)
+    return {"images": n, "l1": float((rec - x).abs().mean()),
+            "aesthetic_original": float(a0.mean()), "aesthetic_reconstructed": float(a1.mean()),
+            "aesthetic_correlation": float(torch.corrcoef(torch.stack([a0, a1]))[0, 1]),
+            "alignment_original": float(alignment(x, caps).mean()), "alignment_reconstructed": float(alignment(rec, caps).mean())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.shapes.build", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", default="all", choices=("all",) + STAGES)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, minutes; writes to a scratch dir")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: the shipped weights dir)")
+    parser.add_argument("--scratch", type=Path, default=None, help="checkpoints and intermediates (default: a temp dir)")
+    args = parser.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    scratch = args.scratch or Path(tempfile.gettempdir()) / ("shapes_build_quick" if args.quick else "shapes_build")
+    out = args.out or (scratch / "weights" if args.quick else WEIGHTS)
+    out.mkdir(parents=True, exist_ok=True)
+    scratch.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    runners = {"world": stage_world, "pipeline": stage_pipeline, "preference": _stage("preference"), "spm": _stage("spm")}
+    for name in stages:
+        _log(f"stage {name} ...")
+        t0 = time.time()
+        entry = runners[name](cfg, out, scratch)
+        entry = {"command": " ".join(["python -m trainer.shapes.build"] + (argv if argv is not None else sys.argv[1:])),
+                 "config": asdict(cfg), "wall_seconds": round(time.time() - t0, 1), **entry}
+        update_record(out, name, entry)
+        _log(f"stage {name} done in {time.time() - t0:.0f}s")
+    return 0
+
+
+def _stage(name: str):
+    def run(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
+        from . import build_preference
+
+        return getattr(build_preference, f"stage_{name}")(cfg, out, scratch, _log)
+
+    return run
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
