@@ -112,8 +112,8 @@ class SPOLoraLoader:
         lora_family = "sd15" if state.family == "shapes" else state.family
         if target is not None and lora_family != target:
             raise NodeInputError(
-                f"{NODE}: {lora_name} is a {FAMILY_NAMES.get(state.family, state.family)} LoRA but the model is "
-                f"{FAMILY_NAMES[target]}; load a {FAMILY_NAMES[target]} LoRA"
+                f"{NODE}: {lora_name} was made for {FAMILY_NAMES.get(state.family, state.family)} but the model is "
+                f"{FAMILY_NAMES[target]}; pick a LoRA made for {FAMILY_NAMES[target]}"
             )
         try:
             kohya = to_kohya_state_dict(state, state.family)

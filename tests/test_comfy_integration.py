@@ -370,7 +370,7 @@ def test_spo_sampler_workflow_costs_exactly_n_plus_k_minus_1_times_w_evaluations
 
 
 @pytest.mark.parametrize("name,needle", [
-    ("bad_sdxl_lora", "is a SDXL LoRA but the model is SD-1.5"),
+    ("bad_sdxl_lora", "was made for SDXL but the model is SD-1.5"),
     ("bad_spm", "Load SPM (corrupt.safetensors)"),
     ("bad_prompt", "prompt is empty"),
 ])
