@@ -156,24 +156,26 @@ def test_training_beats_the_untrained_model_at_every_timestep(world, tmp_path):
 
 
 def test_resume_continues_exactly(world, tmp_path):
-    """3 steps with a checkpoint at 2, then --resume to 4 == 4 steps straight."""
+    """5 steps with a checkpoint at 4, then --resume to 6 == 6 steps straight. 96 pairs in batches of
+    32 make 3 batches an epoch, so the checkpoint sits inside the second epoch's shuffle."""
     root, pipe, clip = world
-    common = dict(base_model=str(pipe), init=str(clip), data=str(root / "train"), holdout=0, batch_size=4,
+    common = dict(base_model=str(pipe), init=str(clip), data=str(root / "train"), holdout=0, batch_size=32,
                   warmup_steps=2, log_every=1, progress=False)
-    train_spm(make_config("shapes", out=str(tmp_path / "straight"), max_steps=4, save_every=0, **common))
-    train_spm(make_config("shapes", out=str(tmp_path / "split"), max_steps=3, save_every=2, **common))
+    train_spm(make_config("shapes", out=str(tmp_path / "straight"), max_steps=6, save_every=0, **common))
+    train_spm(make_config("shapes", out=str(tmp_path / "split"), max_steps=5, save_every=4, **common))
     ckpt = latest_checkpoint(tmp_path / "split")
-    assert ckpt is not None and ckpt.name == "step-0000002"
+    assert ckpt is not None and ckpt.name == "step-0000004"
     assert not [p for p in (tmp_path / "split" / "checkpoints").iterdir() if p.name.startswith(".tmp")]
-    train_spm(make_config("shapes", out=str(tmp_path / "split"), max_steps=4, save_every=0, resume=True, **common))
+    train_spm(make_config("shapes", out=str(tmp_path / "split"), max_steps=6, save_every=0, resume=True, **common))
     a = load_spm(tmp_path / "straight" / "spm").state_dict()
     b = load_spm(tmp_path / "split" / "spm").state_dict()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
-    # and the resumed run really trained from step 2 on, not from scratch: different from a 3-step run
-    # the resumed run went on from step 2 (not from scratch), and training did change the weights
-    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 3, 4]
+    # the resumed run went on from step 4 (not from scratch), and training did change the weights
+    log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 5, 6]
+    straight = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] == pytest.approx(straight[-1]["loss"], rel=1e-5)
     init = load_spm(clip).state_dict()["model.visual_projection.weight"]
     assert not torch.allclose(a["model.visual_projection.weight"], init, atol=1e-4)
 

@@ -56,17 +56,17 @@ def _train(args) -> int:
 def _eval(args) -> int:
     import torch
 
-    from ..models import load_model
     from .data import open_pairs
     from .evaluate import accuracy_by_timestep, format_accuracy_table, write_report
+    from .train import load_base_model
     from .weights import check_family, load_spm
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    base = load_model(args.base_model, family=args.family, dtype=dtype, device=device)
+    pairs = open_pairs(args.data, args.split)  # a bad path fails before model loading
+    base = load_base_model(args.base_model, args.family, dtype, device)
     spm = load_spm(args.spm, device=device, dtype=dtype, tokenizer=args.tokenizer)
     check_family(spm, base.family.name)
-    pairs = open_pairs(args.data, args.split)
     report = accuracy_by_timestep(spm, base, pairs, args.timesteps, args.batch_size, args.guidance_scale, args.seed, args.max_pairs)
     report["spm"], report["base_model"], report["data"] = str(args.spm), str(args.base_model), str(args.data)
     print(format_accuracy_table(report))

@@ -138,6 +138,20 @@ def clip_gradients(parameters, max_norm: float, accelerator=None) -> float:
 
 
 # -- model set-up -------------------------------------------------------------------------------------
+def load_base_model(source: str, family: str, dtype: torch.dtype, device):
+    """The frozen diffusion model that gives x̂0 (trainer.models.load_model).
+
+    SDXL's VAE overflows in fp16 (NaN images), so it stays in fp32 whatever the dtype;
+    DiffusionModel.encode/decode cast at its boundary.
+    """
+    from ..models import load_model
+
+    base = load_model(source, family=family, dtype=dtype, device=device)
+    if base.family.name == "sdxl" and dtype == torch.float16:
+        base.vae.to(torch.float32)
+    return base
+
+
 def initial_spm(cfg: SPMTrainConfig, family: str | None):
     """The SPM to train, from a CLIP dir, an SPM dir or a released file; trainable, fp32."""
     from .weights import load_spm, read_spm_config, spm_from_clip
@@ -240,10 +254,8 @@ def train_spm(cfg: SPMTrainConfig) -> dict:
     base = None
     family = None if cfg.family == "auto" else cfg.family
     if cfg.noise:
-        from ..models import load_model
-
         dtype = torch.float16 if mixed == "fp16" else torch.bfloat16 if mixed == "bf16" else torch.float32
-        base = load_model(cfg.base_model, family=cfg.family, dtype=dtype, device=accelerator.device)
+        base = load_base_model(cfg.base_model, cfg.family, dtype, accelerator.device)
         family = base.family.name
     spm = initial_spm(cfg, family)
     resolution = base.resolution if base is not None else spm.preprocess.image_size
