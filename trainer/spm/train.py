@@ -232,13 +232,62 @@ def _cycle(loader, accelerator, start_step: int, steps_per_epoch: int):
         epoch, skip = epoch + 1, 0
 
 
+@dataclass
+class _Run:
+    """What one training run holds once set up (the model, optimizer, data, and where it writes)."""
+
+    accelerator: object
+    base: object  # DiffusionModel, or None when training on clean images
+    spm: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: torch.utils.data.DataLoader
+    eval_pairs: torch.utils.data.Dataset
+    out: Path
+
+    def log(self, msg: str) -> None:
+        if self.accelerator.is_main_process:
+            tqdm.write(msg)
+
+    def evaluate(self, cfg: SPMTrainConfig, tag: str) -> dict | None:
+        """Accuracy by bucket on the held-out pairs (main process only; None elsewhere)."""
+        if len(self.eval_pairs) == 0 or not self.accelerator.is_main_process:
+            return None
+        report = accuracy_by_timestep(
+            self.accelerator.unwrap_model(self.spm), self.base, self.eval_pairs, cfg.eval_timesteps,
+            cfg.eval_batch_size, cfg.guidance_scale, cfg.seed, cfg.eval_max_pairs, cfg.progress,
+        )
+        self.log(format_accuracy_table(report, f"SPM pairwise accuracy ({tag})"))
+        return report
+
+
 def train_spm(cfg: SPMTrainConfig) -> dict:
-    """Run training; returns the final report (also written to `out/`): accuracy before/after by bucket."""
+    """Run training; returns the final report (also written to `out/`): accuracy before/after by bucket.
+
+    Writes `out/spm/` (the trained SPM, our format, with the report as its training record),
+    `out/eval.json`, `out/log.jsonl` (loss, train accuracy, grad norm, lr every log_every steps)
+    and `out/checkpoints/step-N/` every save_every steps.
+    """
+    cfg.validate()
+    run = _set_up(cfg)
+    step = _resume(run, cfg) if cfg.resume else 0
+    before = run.evaluate(cfg, "before training") if step == 0 else None
+    step = _loop(run, cfg, step)
+    after = run.evaluate(cfg, "after training")
+    report = {"config": dataclasses.asdict(cfg), "steps": step, "before": before, "after": after}
+    if run.accelerator.is_main_process:
+        run.accelerator.unwrap_model(run.spm).save_pretrained(run.out / "spm", training=report)
+        write_report(report, run.out / "eval.json")
+        run.log(f"saved the trained SPM to {run.out / 'spm'} and the accuracy report to {run.out / 'eval.json'}")
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+    return report
+
+
+def _set_up(cfg: SPMTrainConfig) -> _Run:
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
-    cfg.validate()
-    out = Path(cfg.out)
     mixed = cfg.mixed_precision
     if mixed == "fp16" and not torch.cuda.is_available():
         mixed = "no"  # fp16 autocast needs a GPU; CPU runs stay in fp32
@@ -248,91 +297,79 @@ def train_spm(cfg: SPMTrainConfig) -> dict:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),  # epoch-seeded order: exact resume
     )
     set_seed(cfg.seed)
-    log = (lambda msg: tqdm.write(msg)) if accelerator.is_main_process else (lambda msg: None)
-
     train_pairs, eval_pairs = split_pairs(cfg)  # bad data paths fail before minutes of model loading
-    base = None
-    family = None if cfg.family == "auto" else cfg.family
+    base, family = None, None if cfg.family == "auto" else cfg.family
     if cfg.noise:
-        dtype = torch.float16 if mixed == "fp16" else torch.bfloat16 if mixed == "bf16" else torch.float32
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed, torch.float32)
         base = load_base_model(cfg.base_model, cfg.family, dtype, accelerator.device)
         family = base.family.name
     spm = initial_spm(cfg, family)
-    resolution = base.resolution if base is not None else spm.preprocess.image_size
-
     loader = torch.utils.data.DataLoader(
         train_pairs, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_pairs) >= cfg.batch_size,
-        num_workers=cfg.num_workers, collate_fn=PairCollate(resolution),
-        generator=torch.Generator().manual_seed(cfg.seed),
+        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed),
+        collate_fn=PairCollate(base.resolution if base is not None else spm.preprocess.image_size),
     )
     optimizer = torch.optim.AdamW(spm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.adam_betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_factor(s, cfg.warmup_steps))
     spm, optimizer, loader, scheduler = accelerator.prepare(spm, optimizer, loader, scheduler)
+    return _Run(accelerator, base, spm, optimizer, scheduler, loader, eval_pairs, Path(cfg.out))
 
-    step = 0
-    if cfg.resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            log(f"--resume: no checkpoint in {out / 'checkpoints'}; starting from step 0")
-        else:
-            accelerator.load_state(str(ckpt))
-            step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
-            log(f"resumed from {ckpt} at step {step}")
 
-    def evaluate(tag: str) -> dict | None:
-        if len(eval_pairs) == 0 or not accelerator.is_main_process:
-            return None
-        report = _evaluate(accelerator.unwrap_model(spm), base, eval_pairs, cfg)
-        log(format_accuracy_table(report, f"SPM pairwise accuracy ({tag})"))
-        return report
+def _resume(run: _Run, cfg: SPMTrainConfig) -> int:
+    """Load the latest complete checkpoint; returns its step (0 when there is none)."""
+    ckpt = latest_checkpoint(run.out)
+    if ckpt is None:
+        run.log(f"--resume: no checkpoint in {run.out / 'checkpoints'}; starting from step 0")
+        return 0
+    run.accelerator.load_state(str(ckpt))
+    step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+    run.log(f"resumed from {ckpt} at step {step}")
+    return step
 
-    before = evaluate("before training") if step == 0 else None
-    gen = torch.Generator(accelerator.device)
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="SPM train", disable=not (cfg.progress and accelerator.is_main_process))
-    batches = _cycle(loader, accelerator, step * cfg.grad_accum, len(loader))
-    running, t0 = [], time.time()
+
+def _loop(run: _Run, cfg: SPMTrainConfig, step: int) -> int:
+    """Optimizer steps from `step` to cfg.max_steps, with logging, checkpoints and evaluations."""
+    acc = run.accelerator
+    gen = torch.Generator(acc.device)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="SPM train", disable=not (cfg.progress and acc.is_main_process))
+    batches = _cycle(run.loader, acc, step * cfg.grad_accum, len(run.loader))
+    running, grad_norm, t0 = [], float("nan"), time.time()
     while step < cfg.max_steps:
-        for _ in range(cfg.grad_accum):
-            batch = next(batches)
-            # per-step, per-process seed: a resumed run draws the same t and noise
-            gen.manual_seed(cfg.seed * 1_000_003 + step * 7919 + accelerator.process_index)
-            with accelerator.accumulate(spm):
-                loss, correct = _pair_step(spm, base, batch, cfg, gen, accelerator.device)
-                accelerator.backward(loss)
-                grad_norm = clip_gradients(spm.parameters(), cfg.max_grad_norm, accelerator) if accelerator.sync_gradients else float("nan")
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+        for micro in range(cfg.grad_accum):
+            # seeded per micro-batch and process: a resumed run draws the same t and noise
+            gen.manual_seed(cfg.seed * 1_000_003 + (step * cfg.grad_accum + micro) * 7919 + acc.process_index)
+            with acc.accumulate(run.spm):
+                loss, correct = _pair_step(run.spm, run.base, next(batches), cfg, gen, acc.device)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    grad_norm = clip_gradients(run.spm.parameters(), cfg.max_grad_norm, acc)
+                run.optimizer.step()
+                run.scheduler.step()
+                run.optimizer.zero_grad(set_to_none=True)
             running.append((loss.item(), correct))
         step += 1
         bar.update()
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            losses = [r[0] for r in running]
-            accs = [a for r in running for a in r[1] if not math.isnan(a)]
-            record = {"step": step, "loss": sum(losses) / len(losses), "train_acc": sum(accs) / max(1, len(accs)),
-                      "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+            record = _log_record(step, running, grad_norm, run.scheduler.get_last_lr()[0], time.time() - t0)
             bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['train_acc']:.2f}")
-            if accelerator.is_main_process:
-                out.mkdir(parents=True, exist_ok=True)
-                with open(out / "log.jsonl", "a") as f:
+            if acc.is_main_process:
+                run.out.mkdir(parents=True, exist_ok=True)
+                with open(run.out / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
             running = []
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-            save_checkpoint(accelerator, out, step, cfg, cfg.keep_checkpoints)
+            save_checkpoint(acc, run.out, step, cfg, cfg.keep_checkpoints)
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-            evaluate(f"step {step}")
+            run.evaluate(cfg, f"step {step}")
     bar.close()
+    return step
 
-    after = evaluate("after training")
-    report = {"config": dataclasses.asdict(cfg), "steps": step, "before": before, "after": after}
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(spm)
-        final.save_pretrained(out / "spm", training={k: report[k] for k in ("config", "steps", "before", "after")})
-        write_report(report, out / "eval.json")
-        log(f"saved the trained SPM to {out / 'spm'} and the accuracy report to {out / 'eval.json'}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return report
+
+def _log_record(step: int, running: list, grad_norm: float, lr: float, seconds: float) -> dict:
+    losses = [loss for loss, _ in running]
+    accs = [a for _, correct in running for a in correct if not math.isnan(a)]
+    return {"step": step, "loss": sum(losses) / len(losses), "train_acc": sum(accs) / max(1, len(accs)),
+            "grad_norm": grad_norm, "lr": lr, "seconds": round(seconds, 1)}
 
 
 def _pair_step(spm, base, batch, cfg: SPMTrainConfig, gen: torch.Generator, device):
@@ -349,10 +386,3 @@ def _pair_step(spm, base, batch, cfg: SPMTrainConfig, gen: torch.Generator, devi
     l0, l1 = batch.label_0.to(device), batch.label_1.to(device)
     loss = preference_loss(s0, s1, l0, l1).mean()
     return loss, pair_correct(s0.detach(), s1.detach(), l0, l1).tolist()
-
-
-def _evaluate(spm, base, pairs, cfg: SPMTrainConfig) -> dict:
-    return accuracy_by_timestep(
-        spm, base, pairs, cfg.eval_timesteps, cfg.eval_batch_size, cfg.guidance_scale, cfg.seed,
-        cfg.eval_max_pairs, cfg.progress,
-    )

@@ -171,11 +171,9 @@ def load_released(
     """A released `.bin` / `.safetensors` SPM. config: a CLIPConfig (default: shipped CLIP-H);
     family: default from the file name; tokenizer: CLIPTokenizer, dir or hub id (default: PickScore's)."""
     config = config if config is not None else clip_h14_config()
-    preprocess = preprocess or PreprocessConfig(
-        image_size=config.vision_config.image_size,
-        image_mean=clip_h14_preprocess().image_mean,
-        image_std=clip_h14_preprocess().image_std,
-    )
+    if preprocess is None:  # PickScore's normalisation, at the vision tower's own input size
+        shipped = clip_h14_preprocess()
+        preprocess = PreprocessConfig(config.vision_config.image_size, shipped.image_mean, shipped.image_std)
     state = read_state_dict(path)
     return build_from_state(
         state, config, path, device, dtype,
