@@ -33,15 +33,16 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(SPMTrainConfig)
     for f in dataclasses.fields(SPMTrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
+        hint, text = hints[f.name], f.metadata.get("help", "")
         if hint is bool:
-            parser.add_argument(flag, type=_bool, default=None, metavar="BOOL", help=f"(default {f.default})")
+            parser.add_argument(flag, type=_bool, nargs="?", const=True, default=None, metavar="BOOL",
+                                help=f"{text} (default {str(f.default).lower()})")
         elif typing.get_origin(hint) is tuple:
             elem = int if f.name == "eval_timesteps" else float
             parser.add_argument(flag, type=lambda s, e=elem: tuple(e(x) for x in s.split(",")), default=None,
-                                metavar="A,B,...", help=f"comma-separated (default {','.join(map(str, f.default))})")
+                                metavar="A,B,...", help=f"{text} (default {','.join(map(str, f.default))})")
         else:
-            parser.add_argument(flag, type=hint, default=None, help=f"(default {f.default!r})")
+            parser.add_argument(flag, type=hint, default=None, metavar=f.name.upper(), help=f"{text} (default {f.default!r})")
 
 
 def _train(args) -> int:
@@ -103,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.spm", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train an SPM on Pick-a-Pic-layout pairs")
+    t = sub.add_parser("train", help="train an SPM on Pick-a-Pic-layout pairs",
+                       description="Train an SPM. Defaults shown are those without --preset; a preset sets "
+                                   "the hyper-parameters and any flag given overrides it.")
     t.add_argument("--preset", choices=sorted(PRESETS), default=None, help="hyper-parameter preset (spec §4 for sd15/sdxl)")
     _add_config_flags(t)
     t.set_defaults(func=_train)

@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,39 +40,39 @@ class SPMTrainConfig:
     noise: False trains on the clean images (no VAE/UNet; a PickScore-style CLIP, t = 0).
     """
 
-    base_model: str = ""
-    init: str = ""
-    data: str = ""
-    out: str = "spm-out"
-    eval_data: str = ""
-    split: str = "train"
-    eval_split: str = "validation"
-    holdout: float = 0.05
-    family: str = "auto"
-    step_aware: bool = True
-    noise: bool = True
-    lr: float = 3e-6
-    weight_decay: float = 0.3
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 500
-    max_steps: int = 8000
-    batch_size: int = 16
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    guidance_scale: float = 5.0
-    max_timestep: int = 1000
-    mixed_precision: str = "fp16"
-    seed: int = 0
-    num_workers: int = 2
-    log_every: int = 10
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    eval_every: int = 0
-    eval_timesteps: tuple[int, ...] = DEFAULT_BUCKETS
-    eval_batch_size: int = 8
-    eval_max_pairs: int = 500
-    resume: bool = False
-    progress: bool = True
+    base_model: str = field(default="", metadata={"help": "frozen diffusion model giving x̂0: diffusers dir, hub id or .safetensors"})
+    init: str = field(default="", metadata={"help": "starting point: CLIPModel dir (PickScore), SPM dir, or released SPM file"})
+    data: str = field(default="", metadata={"help": "training pairs: Pick-a-Pic-layout dir (metadata.jsonl) or a datasets name"})
+    out: str = field(default="spm-out", metadata={"help": "output dir: spm/, eval.json, log.jsonl, checkpoints/"})
+    eval_data: str = field(default="", metadata={"help": "held-out pairs; empty: keep --holdout of --data aside"})
+    split: str = field(default="train", metadata={"help": "datasets split of --data"})
+    eval_split: str = field(default="validation", metadata={"help": "datasets split of --eval-data"})
+    holdout: float = field(default=0.05, metadata={"help": "held-out share of --data when no --eval-data (< 1: fraction, else count)"})
+    family: str = field(default="auto", metadata={"help": "base model family: auto, sd15, sdxl, shapes (recorded in the SPM)"})
+    step_aware: bool = field(default=True, metadata={"help": "false: train the step-agnostic variant (timestep ignored)"})
+    noise: bool = field(default=True, metadata={"help": "false: score clean images, no base model (PickScore-style training)"})
+    lr: float = field(default=3e-6, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.3, metadata={"help": "AdamW weight decay"})
+    adam_betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "AdamW betas"})
+    warmup_steps: int = field(default=500, metadata={"help": "linear learning-rate warm-up, optimizer steps"})
+    max_steps: int = field(default=8000, metadata={"help": "optimizer steps in all"})
+    batch_size: int = field(default=16, metadata={"help": "pairs per process and micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the global gradient norm to this (0: off)"})
+    guidance_scale: float = field(default=5.0, metadata={"help": "CFG scale of the base model's x̂0"})
+    max_timestep: int = field(default=1000, metadata={"help": "t is drawn from U[0, max_timestep)"})
+    mixed_precision: str = field(default="fp16", metadata={"help": "no, fp16 (GPU only; CPU falls back to no) or bf16"})
+    seed: int = field(default=0, metadata={"help": "seeds data order, held-out split, t and noise"})
+    num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes"})
+    log_every: int = field(default=10, metadata={"help": "steps between log.jsonl records"})
+    save_every: int = field(default=500, metadata={"help": "steps between checkpoints (0: none)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
+    eval_every: int = field(default=0, metadata={"help": "steps between held-out evaluations (0: before and after only)"})
+    eval_timesteps: tuple[int, ...] = field(default=DEFAULT_BUCKETS, metadata={"help": "timestep buckets of the accuracy table"})
+    eval_batch_size: int = field(default=8, metadata={"help": "pairs per evaluation batch"})
+    eval_max_pairs: int = field(default=500, metadata={"help": "held-out pairs evaluated at most"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint in --out"})
+    progress: bool = field(default=True, metadata={"help": "tqdm progress bars"})
 
     def validate(self) -> None:
         """One-line errors for settings that cannot work, named by their flag."""
