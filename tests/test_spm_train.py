@@ -202,3 +202,14 @@ def test_clean_training_without_noise(world, tmp_path):
     assert list(report["after"]["buckets"]) == [0]
     assert report["after"]["buckets"][0]["accuracy"] >= report["before"]["buckets"][0]["accuracy"] + 0.25
     assert not load_spm(tmp_path / "clean" / "spm").step_aware
+
+
+def test_cli_flags_override_the_preset():
+    from trainer.spm.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["train", "--preset", "sdxl", "--lr", "2e-6", "--resume", "--noise", "false",
+                                      "--eval-timesteps", "0,500", "--data", "d", "--init", "i"])
+    cfg = config_from_args(args)
+    assert (cfg.lr, cfg.resume, cfg.noise, cfg.eval_timesteps) == (2e-6, True, False, (0, 500))
+    assert (cfg.max_steps, cfg.family, cfg.weight_decay) == (7000, "sdxl", 0.3)  # untouched preset values
+    assert config_from_args(build_parser().parse_args(["train"])).lr == 3e-6

@@ -45,12 +45,18 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=hint, default=None, metavar=f.name.upper(), help=f"{text} (default {f.default!r})")
 
 
-def _train(args) -> int:
-    from .train import make_config, train_spm
+def config_from_args(args) -> SPMTrainConfig:
+    """The preset's values overridden by the flags that were given."""
+    from .train import make_config
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(SPMTrainConfig) if getattr(args, f.name) is not None}
-    cfg = make_config(args.preset, **overrides)
-    train_spm(cfg)
+    return make_config(args.preset, **overrides)
+
+
+def _train(args) -> int:
+    from .train import train_spm
+
+    train_spm(config_from_args(args))
     return 0
 
 
