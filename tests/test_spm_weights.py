@@ -86,7 +86,7 @@ def test_half_precision_load(trained, inputs, tmp_path):
         (lambda s: s.__setitem__("model.extra.weight", torch.zeros(2)), "1 unexpected (e.g. model.extra.weight)"),
         (lambda s: s.__setitem__("model.visual_projection.weight", torch.zeros(24, 41)), "has shape (24, 41), expected (24, 40)"),
         (lambda s: s.__setitem__(LEGACY_BUFFERS[1], torch.arange(17)[None].flip(1)), "legacy buffer"),
-        (lambda s: [s.__setitem__(k[6:], s.pop(k)) for k in list(s)], "no 'model.*' keys"),
+        (lambda s: [s.__setitem__("clip." + k[6:], s.pop(k)) for k in list(s)], "no 'model.*' keys"),
     ],
 )
 def test_wrong_checkpoints_are_refused_with_one_line(trained, tmp_path, mutate, message):
@@ -257,3 +257,16 @@ def test_real_size_random_weights_in_released_layout(tmp_path):
     assert loaded.family == "sd15" and loaded.preprocess.image_size == 224
     scores = loaded.score(torch.rand(2, 3, 256, 320) * 2 - 1, ["a cat", "a dog"], torch.tensor([0, 750]))
     assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
+def test_bare_clip_state_dict_loads_as_step_agnostic(tmp_path, inputs):
+    """PickScore's own pytorch_model.bin (CLIPModel keys, no `model.` prefix, 4.27 position_ids)."""
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(str(tokenizer_dir(tmp_path)))
+    ref = StepAwarePreferenceModel(clip=tiny_clip(seed=7), step_aware=False, tokenizer=tok)
+    state = {k[len("model."):]: v for k, v in released_state_dict(ref).items()}
+    assert "text_model.embeddings.position_ids" in state
+    loaded = load_spm(_write_bin(state, tmp_path / "pytorch_model.bin"), config=tiny_clip_config(), tokenizer=tok)
+    assert not loaded.step_aware
+    assert torch.equal(loaded.score(*inputs), ref.score(*inputs))

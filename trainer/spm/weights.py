@@ -147,7 +147,10 @@ def build_from_state(
     **attrs: Any,
 ) -> StepAwarePreferenceModel:
     """An SPM whose architecture follows `config` and the keys (t_embedder present = step-aware),
-    filled strictly from `state`, without allocating random weights first."""
+    filled strictly from `state`, without allocating random weights first. A bare CLIPModel
+    state dict (no `model.` prefix, e.g. PickScore's own pytorch_model.bin) is the step-agnostic model."""
+    if "logit_scale" in state and not any(k.startswith("model.") for k in state):
+        state = {f"model.{k}": v for k, v in state.items()}  # a bare CLIPModel state dict (PickScore's own file)
     step_aware = any(k.startswith("model.t_embedder.") for k in state)
     frequency_dim = int(state["model.t_embedder.mlp.0.weight"].shape[1]) if step_aware else 256
     with torch.device("meta"):
