@@ -131,6 +131,11 @@ def _run_workflows(spec: dict) -> dict:
               "display": {k: v for k, v in nodes.NODE_DISPLAY_NAME_MAPPINGS.items() if k.startswith("SPO")},
               "spm_files": folder_paths.get_filename_list("spo"), "jobs": {}}
 
+    sys.path.insert(0, spec["examples"])
+    from ui_format import node_info_of
+
+    used = {n["class_type"] for job in spec["jobs"].values() for n in job.values()}
+    result["object_info"] = {c: node_info_of(nodes.NODE_CLASS_MAPPINGS[c]) for c in sorted(used)}
     rows: list[int] = []
     apply_model = comfy.model_base.BaseModel.apply_model
 
@@ -326,9 +331,23 @@ def comfy_run(assets, tmp_path_factory) -> dict:
         "bad_prompt": _example("spo_sampler_samplercustom", prompt="  "),
         "after_errors": _example("spo_lora_ksampler", seed=7),
     }
-    spec = {"task": "run", "pack": str(pack), "jobs": jobs,
+    spec = {"task": "run", "pack": str(pack), "jobs": jobs, "examples": str(EXAMPLES),
             "folders": {"checkpoints": str(cache / "checkpoints"), "loras": str(cache / "loras"), "spo": str(cache / "spo")}}
     return _drive(spec, work)
+
+
+def test_ui_workflows_match_their_api_twins_under_the_real_node_definitions(comfy_run):
+    sys.path.insert(0, str(EXAMPLES))
+    from ui_format import ui_to_api
+
+    names = sorted(p.name[: -len(".api.json")] for p in EXAMPLES.glob("*.api.json"))
+    assert names == ["best_of_4_stepaware", "spo_lora_ksampler", "spo_sampler_samplercustom"]
+    for name in names:
+        api = json.loads((EXAMPLES / f"{name}.api.json").read_text())
+        ui = json.loads((EXAMPLES / f"{name}.json").read_text())
+        got = ui_to_api(ui, comfy_run["object_info"])
+        assert {k: (v["class_type"], v["inputs"]) for k, v in got.items()} == \
+               {k: (v["class_type"], v["inputs"]) for k, v in api.items()}, name
 
 
 def test_pack_loads_the_way_comfyui_loads_it(comfy_run):
