@@ -162,6 +162,8 @@ def test_own_format_round_trip(trained, inputs, tmp_path):
     assert torch.equal(back.score(*inputs), spm.score(*inputs))
     # the same directory through load_spm, and its weights file keeps the released key names
     assert torch.equal(load_spm(out).score(*inputs), spm.score(*inputs))
+    picked = load_spm(out / "model.safetensors")  # a host that lists files picks the weights file
+    assert picked.family == "shapes" and torch.equal(picked.score(*inputs), spm.score(*inputs))
     assert set(read_state_dict(out / "model.safetensors")) == set(spm.state_dict())
 
 

@@ -314,8 +314,9 @@ def load_spm(
     tokenizer=None,
     family: str | None = None,
 ) -> StepAwarePreferenceModel:
-    """Load an SPM for scoring: a released `.bin`/`.safetensors` file, an own-format directory,
-    or a transformers CLIPModel directory (PickScore: step-agnostic). Returns it in eval mode.
+    """Load an SPM for scoring: a released `.bin`/`.safetensors` file, an own-format directory
+    (or its model.safetensors), or a transformers CLIPModel directory (PickScore: step-agnostic).
+    Returns it in eval mode.
 
     config: CLIPConfig for released files of another size than CLIP-H (tests, ShapesWorld);
     tokenizer: overrides where the tokenizer comes from; family: overrides the recorded/hinted one.
@@ -330,6 +331,8 @@ def load_spm(
                 spm.tokenizer = tokenizer
         else:
             raise SPMError(f"{p}: neither an SPM directory nor a CLIP model directory (no {CONFIG_NAME})")
+    elif p.is_file() and p.name == WEIGHTS_NAME and read_spm_config(p.parent) is not None:
+        spm = from_pretrained(p.parent, device, dtype, tokenizer)  # the weights file of an own-format dir
     elif p.is_file():
         spm = load_released(p, device, dtype, config=config, tokenizer=tokenizer, family=family)
     else:
