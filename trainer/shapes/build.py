@@ -29,19 +29,20 @@ class BuildConfig:
 
     seed: int = 0
     renders_per_caption: int = 12
-    clip_steps: int = 600
-    vae_steps: int = 1500
-    unet_steps: int = 4000
+    clip_steps: int = 200
+    vae_steps: int = 500
+    unet_steps: int = 2500
     unet_batch: int = 64
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
     preference_pairs: int = 12000
     preference_steps: int = 1200
+    spm_steps: int = 0  # 0: the `shapes` preset's own step count
     threads: int = 2
 
 
 FULL = BuildConfig()
 QUICK = BuildConfig(renders_per_caption=2, clip_steps=20, vae_steps=20, unet_steps=20, eval_seeds=(0,),
-                    preference_pairs=256, preference_steps=20)
+                    preference_pairs=256, preference_steps=20, spm_steps=4)
 STAGES = ("world", "pipeline", "preference", "spm")
 
 

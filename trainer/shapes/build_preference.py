@@ -1,0 +1,88 @@
+"""Build stages "preference" (PickScore-style CLIP on generic labels) and "spm" (its step-aware
+version, trained by the project's SPM trainer as a user would run it)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PAIRS_TRAIN, PAIRS_EVAL = "pairs_train", "pairs_eval"
+
+
+def _pairs(cfg, scratch: Path, log):
+    """Train/eval pairs (deterministic from the seed) and their Pick-a-Pic-layout directories."""
+    from .preference_data import make_pairs, write_pairs
+    from .world import heldout_captions, train_captions
+
+    train = make_pairs(train_captions(), cfg.preference_pairs, seed=cfg.seed + 10)
+    evals = make_pairs(heldout_captions(), max(64, cfg.preference_pairs // 24), seed=cfg.seed + 11)
+    for name, pairs in ((PAIRS_TRAIN, train), (PAIRS_EVAL, evals)):
+        if not (scratch / name / "metadata.jsonl").exists():
+            write_pairs(pairs, scratch / name)
+            log(f"wrote {len(pairs.captions)} pairs to {scratch / name}")
+    return train, evals
+
+
+def stage_preference(cfg, out: Path, scratch: Path, log) -> dict:
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    from .train_preference import pair_accuracy, train_preference
+
+    t0 = time.time()
+    train, evals = _pairs(cfg, scratch, log)
+    t_pairs = time.time() - t0
+    clip_dir = out / "clip"
+    model = CLIPModel.from_pretrained(str(clip_dir))
+    tokenizer = CLIPTokenizer.from_pretrained(str(clip_dir))
+    before = pair_accuracy(model.eval(), tokenizer, evals)
+    t0 = time.time()
+    model = train_preference(model, tokenizer, train, cfg.preference_steps, seed=cfg.seed + 12, log=log)
+    t_train = time.time() - t0
+    after = pair_accuracy(model, tokenizer, evals)
+    after_train = pair_accuracy(model, tokenizer, train.__class__(*(getattr(train, f)[:2000] for f in
+                                ("captions", "images_0", "images_1", "label_0", "utility_0", "utility_1"))))
+    dst = out / "preference"
+    model.save_pretrained(str(dst))
+    tokenizer.save_pretrained(str(dst))
+    CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(str(dst))
+    decided = evals.label_0 != 0.5
+    oracle = ((evals.utility_0 > evals.utility_1).float() == evals.label_0)[decided].float().mean()
+    log(f"preference accuracy on held-out pairs: before {before['accuracy_vs_labels']:.3f}, after "
+        f"{after['accuracy_vs_labels']:.3f} (noise-free rater {float(oracle):.3f})")
+    return {"train_pairs": len(train.captions), "eval_pairs": f"{len(evals.captions)} pairs on held-out captions",
+            "seeds": {"train_pairs": cfg.seed + 10, "eval_pairs": cfg.seed + 11, "training": cfg.seed + 12},
+            "steps": cfg.preference_steps, "init": "clip (contrastive pretraining)",
+            "seconds": {"pairs": round(t_pairs, 1), "train": round(t_train, 1)},
+            "accuracy_before": before, "accuracy_after": after, "accuracy_on_train_pairs": after_train,
+            "noise_free_rater_accuracy_vs_labels": float(oracle),
+            "label_mix": "0.6 * aesthetic/10 + 0.4 * alignment, sigmoid temperature 0.05, tie below 0.02"}
+
+
+def stage_spm(cfg, out: Path, scratch: Path, log) -> dict:
+    """Runs `python -m trainer.spm train --preset shapes` on the same pairs, then ships its result."""
+    if not (scratch / PAIRS_TRAIN / "metadata.jsonl").exists():
+        _pairs(cfg, scratch, log)
+    run = scratch / "spm_run"
+    cmd = [sys.executable, "-m", "trainer.spm", "train", "--preset", "shapes", "--base-model", str(out / "pipeline"),
+           "--init", str(out / "preference"), "--data", str(scratch / PAIRS_TRAIN), "--eval-data",
+           str(scratch / PAIRS_EVAL), "--out", str(run), "--seed", str(cfg.seed + 20), "--progress", "false"]
+    if cfg.spm_steps:
+        cmd += ["--max-steps", str(cfg.spm_steps)]
+    log("running " + " ".join(cmd))
+    t0 = time.time()
+    done = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2])
+    if done.returncode != 0:
+        raise SystemExit(f"SPM training failed (exit {done.returncode}); see its output above")
+    dst = out / "spm"
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(run / "spm", dst)
+    report = json.loads((run / "eval.json").read_text())
+    shown = " ".join(a if not a.startswith(str(scratch)) else "<scratch>" + a[len(str(scratch)):] for a in cmd[1:])
+    shown = shown.replace(str(out), "<weights>")
+    return {"command": "python " + shown, "seconds": round(time.time() - t0, 1), "steps": report.get("steps"),
+            "accuracy_by_timestep_before (= preference model)": report.get("before"),
+            "accuracy_by_timestep_after (= spm)": report.get("after")}
