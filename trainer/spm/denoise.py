@@ -17,12 +17,20 @@ if TYPE_CHECKING:  # trainer.models imports diffusers; keep this module importab
     from .model import StepAwarePreferenceModel
 
 
+DECODE_CHUNK = 8  # latents per VAE decode call: SDXL's VAE at 1024 px needs GBs per image
+
+
+def decode_chunked(model: "DiffusionModel", latents: torch.Tensor, chunk: int = DECODE_CHUNK) -> torch.Tensor:
+    """model.decode over chunks of the batch: scaled latents [B, C, h, w] -> images [B, 3, H, W] in [−1, 1]."""
+    return torch.cat([model.decode(part) for part in latents.split(chunk)])
+
+
 def decoded_x0(model: "DiffusionModel", latents: torch.Tensor, model_output: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     """Images of x̂0: latents x_t [B, C, h, w] (scaled), the (guided) UNet output at x_t, timesteps [B]
     -> Tensor[B, 3, H, W] in [−1, 1]."""
     t = torch.as_tensor(timesteps, device=latents.device).long().reshape(-1).expand(latents.shape[0])
     pred_x0, _ = pred_x0_and_eps(model_output, latents, model.schedule.alpha(t), model.schedule.prediction_type)
-    return model.decode(pred_x0)
+    return decode_chunked(model, pred_x0)
 
 
 def add_noise(schedule, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -56,7 +64,7 @@ def score_latents(
     check_family(spm, model.family.name)
     b = latents.shape[0]
     t = torch.as_tensor(timesteps, device=latents.device).long().reshape(-1).expand(b)
-    images = model.decode(latents) if model_output is None else decoded_x0(model, latents, model_output, t)
+    images = decode_chunked(model, latents) if model_output is None else decoded_x0(model, latents, model_output, t)
     return spm.score(images, prompts, t)
 
 

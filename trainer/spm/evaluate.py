@@ -52,26 +52,28 @@ def accuracy_by_timestep(
         timesteps = (0,)
     resolution = model.resolution if model is not None else spm.preprocess.image_size
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, collate_fn=PairCollate(resolution))
-    batches = list(loader)
-    result = {}
-    bar = tqdm(total=len(timesteps) * len(batches), desc="SPM eval", disable=not progress, leave=False)
-    for t in timesteps:
-        gen = torch.Generator(model.device if model is not None else "cpu").manual_seed(seed * 1009 + int(t))
-        right = []
-        for batch in batches:
-            ts = torch.full((len(batch),), int(t), dtype=torch.long)
+    device = model.device if model is not None else "cpu"
+    # one generator per bucket, drawn from batch after batch: buckets see independent, seeded noise
+    gens = {int(t): torch.Generator(device).manual_seed(seed * 1009 + int(t)) for t in timesteps}
+    right: dict[int, list] = {int(t): [] for t in timesteps}
+    bar = tqdm(total=len(timesteps) * len(loader), desc="SPM eval", disable=not progress, leave=False)
+    for batch in loader:  # images are decoded once per batch and never all held at once
+        for t in gens:
+            ts = torch.full((len(batch),), t, dtype=torch.long)
             if model is None:
                 img0, img1 = batch.images_0, batch.images_1
             else:
-                img0, img1 = noised_pair_images(model, batch.images_0, batch.images_1, batch.prompts, ts, guidance_scale, gen)
+                img0, img1 = noised_pair_images(model, batch.images_0, batch.images_1, batch.prompts, ts, guidance_scale, gens[t])
             s0 = spm(img0, batch.prompts, ts)
             s1 = spm(img1, batch.prompts, ts)
-            right.append(pair_correct(s0.cpu(), s1.cpu(), batch.label_0, batch.label_1))
+            right[t].append(pair_correct(s0.cpu(), s1.cpu(), batch.label_0, batch.label_1))
             bar.update()
-        right = torch.cat(right)
-        decided = right[~right.isnan()]
+    result = {}
+    for t, parts in right.items():
+        both = torch.cat(parts)
+        decided = both[~both.isnan()]
         acc = float(decided.mean()) if decided.numel() else float("nan")
-        result[int(t)] = {"accuracy": acc, "pairs": int(decided.numel())}
+        result[t] = {"accuracy": acc, "pairs": int(decided.numel())}
     bar.close()
     spm.train(was_training)
     accs = [v["accuracy"] for v in result.values()]
