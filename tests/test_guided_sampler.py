@@ -166,6 +166,19 @@ def test_evaluation_count_is_exact(k, window, branched):
     assert den.rows.count(k * B) == branched
 
 
+def test_a_branched_last_step_costs_one_more_evaluation():
+    """Sigmas ending above 0 (diffusers' DDIM ends at ᾱ_0): the last step branches and its candidates'
+    x̂0 are computed for scoring only."""
+    n, k = 6, 3
+    sig = torch.linspace(8.0, 0.03, n + 1)
+    assert all(branched_steps(sig, (0.5, 1.0))[3:])
+    den = Counting(toy_denoise)
+    res = spo_guided_sample_traced(den, torch.randn(SHAPE), sig, score_x0=brightness, k=k, window=(0.5, 1.0),
+                                   noise=torch.Generator().manual_seed(0))
+    assert res.model_evals == sum(den.rows) == expected_model_evals(n, 3, k, last_step_branched=True) == n + 2 * 3 + 1
+    assert res.branches[-1].timestep == 0  # σ = 0.03 is below SD's σ at t = 1: scored as clean
+
+
 def test_reused_x0_equals_a_fresh_model_call():
     """With scores that always pick candidate 0, SPO reproduces the plain run fed with the
     same noises: proves the chosen candidate's x̂0 is the right model output to reuse."""
@@ -280,3 +293,62 @@ def test_rank_best_first():
     assert rank_best_first(torch.tensor([2.0, 1.0]), top_n=10).order.tolist() == [0, 1]
     with pytest.raises(ValueError):
         rank_best_first(torch.tensor([]))
+
+
+# ---------------------------------------------------------------- trainer.models adapter and the benchmark
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    from tiny_models import save_tiny_pipeline
+
+    from trainer.models import load_model
+
+    root = save_tiny_pipeline(tmp_path_factory.mktemp("pipe"))
+    return root, load_model(root)
+
+
+def test_model_denoiser_over_ddim_sigmas_is_diffusers_ddim_on_a_real_unet(tiny_pipeline):
+    """Unbranched, the sampler walks DDIM's own timesteps: same result as ddim_step with the same noises."""
+    from trainer.spo.guided_sampler import ddim_sigmas, model_denoiser
+
+    _, model = tiny_pipeline
+    n, prompts = 5, ["a red circle", "a blue square"]
+    cond, uncond = model.encode_prompts(prompts), model.uncond_embeds(2)
+    sigmas = ddim_sigmas(model.schedule, n)
+    x_vp = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(0))
+    noises = [torch.randn(x_vp.shape, generator=torch.Generator().manual_seed(10 + i)) for i in range(n)]
+    it = iter(noises)
+    got = spo_guided_sample(model_denoiser(model, cond, uncond, 5.0), x_vp * (1 + sigmas[0] ** 2).sqrt().float(), sigmas,
+                            score_x0=brightness, k=2, window=(0.0, 0.0), noise=lambda a, b: next(it))
+    ref = x_vp
+    for t, z in zip(model.schedule.timesteps(n).tolist(), noises):
+        out = model.guided_output(ref, torch.tensor([t, t]), cond, uncond, 5.0)
+        ref = ddim_step(model.schedule, out, t, ref, n, eta=1.0, noise=z).prev_sample
+    torch.testing.assert_close(got / (1 + sigmas[-1] ** 2).sqrt().float(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_benchmark_runs_at_equal_budget_and_writes_json(tiny_pipeline, tmp_path):
+    import json
+
+    from test_spm_common import randomize_adaln, tiny_clip, tokenizer_dir
+    from transformers import CLIPTokenizer
+
+    from bench.sampler import main
+    from trainer.spm.weights import save_pretrained, spm_from_clip
+
+    spm = spm_from_clip(tiny_clip(), step_aware=True)
+    randomize_adaln(spm)
+    spm.tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir(tmp_path)))
+    save_pretrained(spm, tmp_path / "spm")
+    out = tmp_path / "bench.json"
+    rc = main(["--model", str(tiny_pipeline[0]), "--spm", str(tmp_path / "spm"), "--captions", "2", "--seeds", "2",
+               "--steps", "4", "--k", "2", "--batch", "4", "--out", str(out)])
+    assert rc == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
+    # 4 DDIM steps (the last into ᾱ_0, σ > 0, so it branches too), window [0.2, 1): steps 1, 2, 3 branch;
+    # the last step's candidate x̂0s are computed for scoring and reused by no later step: + 1
+    assert rows["plain"]["model_evals_per_image"] == 4 and rows["plain"]["spm_images_per_image"] == 0
+    assert rows["spo"]["model_evals_per_image"] == 4 + 1 * 3 + 1 and rows["spo"]["spm_images_per_image"] == 2 * 3
+    assert rows["best_of_2"]["model_evals_per_image"] == 8 and rows["best_of_2"]["spm_images_per_image"] == 2
+    assert all(r["images"] == 4 and 0 <= r["alignment_mean"] <= 1 for r in rows.values())

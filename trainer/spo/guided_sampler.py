@@ -187,9 +187,11 @@ class GuidedSample:
     branches: list[BranchRecord] = field(default_factory=list)
 
 
-def expected_model_evals(num_steps: int, num_branched: int, k: int) -> int:
-    """Per-sample evaluations of an SPO-guided run: n + (k−1)·W (W branched steps, none into σ = 0)."""
-    return num_steps + (k - 1) * num_branched
+def expected_model_evals(num_steps: int, num_branched: int, k: int, last_step_branched: bool = False) -> int:
+    """Per-sample evaluations of an SPO-guided run: n + (k−1)·W, plus 1 when the last step branches
+    (its candidates' x̂0 are computed for scoring but no further step reuses them). Schedules that
+    end at σ = 0 never branch the last step."""
+    return num_steps + (k - 1) * num_branched + int(last_step_branched)
 
 
 def spo_guided_sample_traced(
@@ -280,6 +282,42 @@ def _noise_source(noise: NoiseSampler | torch.Generator | None, like: torch.Tens
     return noise
 
 
-def best_of_k_equal_budget(num_steps: int, num_branched: int, k: int) -> float:
-    """How many plain samples cost the same as one SPO-guided sample: 1 + (k−1)·W/n."""
-    return expected_model_evals(num_steps, num_branched, k) / num_steps
+# ---------------------------------------------------------------- trainer.models adapters (bench, tests)
+
+
+def ddim_sigmas(schedule: NoiseSchedule, num_steps: int) -> torch.Tensor:
+    """σ of the DDIM "leading" timesteps and of the final ᾱ, Tensor[n+1] float64, descending.
+
+    Sampling over these sigmas walks exactly the timesteps of `diffusers.DDIMScheduler`
+    (SD, 20 steps: 951, 901, ..., 1, then ᾱ_final), so the last step is stochastic too.
+    """
+    ts = schedule.timesteps(num_steps)
+    alphas = torch.cat([schedule.alpha(ts), torch.tensor([schedule.final_alpha_cumprod], dtype=torch.float64)])
+    return ((1 - alphas) / alphas).sqrt()
+
+
+def model_denoiser(model, cond, uncond, guidance_scale: float) -> Denoiser:
+    """k-diffusion x0 model around a `trainer.models.DiffusionModel` with classifier-free guidance.
+
+    cond, uncond: PromptEmbeds of B prompts; calls with N = m·B rows (k-major candidates) tile them.
+    Each call is one guided UNet forward on a 2N batch.
+    """
+    from trainer.models import PromptEmbeds
+    from trainer.schedule import pred_x0_and_eps
+
+    schedule = model.schedule
+
+    def tile(e, n):
+        reps = n // e.hidden.shape[0]
+        return PromptEmbeds(e.hidden.repeat(reps, 1, 1), None if e.pooled is None else e.pooled.repeat(reps, 1))
+
+    @torch.no_grad()
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        t = sigma_to_timestep(sigma, schedule)
+        scale = (1 + sigma.to(torch.float64) ** 2).sqrt().reshape(-1, 1, 1, 1)
+        x_vp = (x / scale).to(model.dtype)
+        out = model.guided_output(x_vp, t, tile(cond, x.shape[0]), tile(uncond, x.shape[0]), guidance_scale)
+        x0, _ = pred_x0_and_eps(out, x_vp, schedule.alpha(t), schedule.prediction_type)
+        return x0.to(x.dtype)
+
+    return denoise
