@@ -272,3 +272,10 @@ def test_bare_clip_state_dict_loads_as_step_agnostic(tmp_path, inputs):
     loaded = load_spm(_write_bin(state, tmp_path / "pytorch_model.bin"), config=tiny_clip_config(), tokenizer=tok)
     assert not loaded.step_aware
     assert torch.equal(loaded.score(*inputs), ref.score(*inputs))
+
+
+def test_a_local_tokenizer_path_is_bundled_on_save(tmp_path, inputs):
+    spm = StepAwarePreferenceModel(clip=tiny_clip(seed=2), tokenizer=str(tokenizer_dir(tmp_path / "t")))
+    out = spm.save_pretrained(tmp_path / "o")
+    assert json.loads((out / "config.json").read_text())["tokenizer"] == "tokenizer"
+    assert torch.equal(load_spm(out).score(*inputs), spm.score(*inputs))

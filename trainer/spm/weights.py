@@ -198,6 +198,8 @@ def save_pretrained(spm: StepAwarePreferenceModel, out_dir: str | os.PathLike, t
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_ref = None
     tok = spm.tokenizer
+    if isinstance(tok, (str, os.PathLike)) and Path(tok).is_dir():
+        tok = spm.get_tokenizer()  # a local tokenizer travels with the model; a hub id is recorded
     if tok is not None and not isinstance(tok, (str, os.PathLike)):
         tok.save_pretrained(str(out / "tokenizer"))
         tokenizer_ref = "tokenizer"
