@@ -55,7 +55,14 @@ class SPOSamplerFunction:
         seed = extra_args.get("seed")
         choice = torch.Generator().manual_seed(int(seed) + 0x5F0) if seed is not None else None
 
+        batch = x.shape[0]
+        masked = extra_args.get("denoise_mask") is not None
+
         def denoise(xs, sigma_vec):
+            if masked and xs.shape[0] != batch and batch > 1:
+                # ComfyUI blends a noise mask with the B-row latent inside the model call, so k·B
+                # candidate rows go through it B at a time (same evaluations, k smaller batches)
+                return torch.cat([model(c, s, **extra_args) for c, s in zip(xs.split(batch), sigma_vec.split(batch))])
             return model(xs, sigma_vec, **extra_args)
 
         def score_x0(x0, timesteps):

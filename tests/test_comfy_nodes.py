@@ -67,6 +67,10 @@ class StandinBaseModel(torch.nn.Module):
     def process_latent_out(self, latent):
         return latent / self.scale_factor
 
+    def scale_latent_inpaint(self, sigma, noise, latent_image, **kwargs):
+        return self.model_sampling.noise_scaling(sigma.reshape([sigma.shape[0]] + [1] * (len(noise.shape) - 1)),
+                                                 noise, latent_image)
+
     def apply_model(self, x, sigma, cond):
         t = self.model_sampling.timestep(sigma).float()
         eps = self.diffusion_model(self.model_sampling.calculate_input(sigma, x), t,
@@ -252,9 +256,10 @@ def sampler_setup(comfy, family="SD15", kind="EPS", spm_family="sd15", k=3, wind
     return sampler, guider, vae, spm
 
 
-def run_sampler(sampler, guider, seed=7, steps=8, batch=1):
+def run_sampler(sampler, guider, seed=7, steps=8, batch=1, mask=None, latent=None):
     sigmas = torch.cat([torch.linspace(6.0, 0.05, steps), torch.zeros(1)])
     noise = torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
+    latent = torch.zeros_like(noise) if latent is None else latent
     progress = []
     denoised = []
 
@@ -262,7 +267,7 @@ def run_sampler(sampler, guider, seed=7, steps=8, batch=1):
         progress.append((i, total))
         denoised.append(x0.clone())
 
-    out = sampler.sample(guider, sigmas, {"seed": seed, "model_options": {}}, callback, noise, torch.zeros_like(noise))
+    out = sampler.sample(guider, sigmas, {"seed": seed, "model_options": {}}, callback, noise, latent, denoise_mask=mask)
     return out, progress, denoised
 
 
@@ -299,6 +304,17 @@ def test_spo_sampler_scores_decoded_candidates_at_their_timestep_and_keeps_the_b
         want = spm.score(images, [PROMPT] * 3, torch.full((3,), t))
         torch.testing.assert_close(rec.scores[:, 0], want, rtol=1e-4, atol=1e-4)
         assert int(rec.chosen[0]) == int(want.argmax())
+
+
+def test_spo_sampler_with_a_noise_mask_and_a_batch_keeps_the_unmasked_latent(comfy):
+    """Inpainting: ComfyUI blends the B-row latent inside each model call; k·B candidates must still fit."""
+    sampler, guider, _, _ = sampler_setup(comfy, k=3, window=(0.0, 1.0))
+    latent = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[..., 4:] = 1.0  # repaint the right half only
+    out, progress, _ = run_sampler(sampler, guider, batch=2, mask=mask, latent=latent, steps=4)
+    torch.testing.assert_close(out[..., :4], latent[..., :4])
+    assert not torch.allclose(out[..., 4:], latent[..., 4:]) and len(progress) == 4
 
 
 def test_spo_sampler_refuses_an_spm_of_another_family_and_flow_models(comfy):

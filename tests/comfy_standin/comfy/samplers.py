@@ -15,8 +15,13 @@ class KSamplerX0Inpaint:
 
     def __call__(self, x, sigma, denoise_mask, model_options={}, seed=None):
         if denoise_mask is not None:
-            raise NotImplementedError("the stand-in does not do inpainting")
-        return self.inner_model(x, sigma, model_options=model_options, seed=seed)
+            latent_mask = 1.0 - denoise_mask
+            x = x * denoise_mask + self.inner_model.inner_model.scale_latent_inpaint(
+                x=x, sigma=sigma, noise=self.noise, latent_image=self.latent_image) * latent_mask
+        out = self.inner_model(x, sigma, model_options=model_options, seed=seed)
+        if denoise_mask is not None:
+            out = out * denoise_mask + self.latent_image * latent_mask
+        return out
 
 
 class KSAMPLER(Sampler):
