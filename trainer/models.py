@@ -183,7 +183,7 @@ class DiffusionModel:
         """Scaled latents [B, 4, h, w] -> images [B, 3, H, W] in [−1, 1] (clamped)."""
         vae_dtype = next(self.vae.parameters()).dtype
         images = self.vae.decode((latents / self.vae.config.scaling_factor).to(vae_dtype)).sample
-        return images.clamp(-1, 1).to(latents.dtype)
+        return images.clamp(-1, 1).to(self.dtype)
 
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images [B, 3, H, W] in [−1, 1] -> scaled latents [B, 4, h, w] (a sample of the posterior)."""
@@ -266,6 +266,8 @@ def load_model(
     else:
         raise ModelLoadError(f"{source}: no such model directory or file (give a diffusers directory, a .safetensors checkpoint or a hub id)")
     model.source = str(source)
+    if model.family.name == "sdxl" and dtype == torch.float16:
+        model.vae.to(torch.float32)  # SDXL's VAE overflows in fp16; decode/encode cast at its boundary
     model.unet.to(device)
     model.vae.to(device)
     for enc in model.text_encoders:
