@@ -48,8 +48,10 @@ class SPOSamplerFunction:
         extra_args = {} if extra_args is None else extra_args
         base = model.inner_model.inner_model  # KSamplerX0Inpaint -> guider -> BaseModel
         check_eps_like(base)
+        family = model_family(base)
         try:
-            check_family(self.spm, model_family(base))
+            if not (self.spm.family == "shapes" and family == "sd15"):  # ShapesWorld is SD-1.5 layout
+                check_family(self.spm, family)
         except ValueError as e:
             raise one_line(NODE, e) from None
         seed = extra_args.get("seed")

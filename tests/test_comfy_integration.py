@@ -4,7 +4,8 @@ Skipped unless SPO_COMFYUI_DIR names a ComfyUI checkout. ComfyUI runs in a subpr
 parses argv and mutates global state on import): SPO_COMFYUI_PYTHON picks its interpreter
 (default: this one). Built once and cached in SPO_COMFYUI_CACHE (default: a pytest temp dir):
 a random-weight SD-1.5 single-file checkpoint (real architecture, so ComfyUI detects SD15;
-~2 GB), an SPO-release-layout LoRA for it, and a small SPM. CPU only, 64×64 images, few steps.
+~2 GB), an SPO-release-layout LoRA for it, and the SPM: the shipped ShapesWorld SPM
+(trainer/shapes/weights/spm) when present, else a small random one. CPU only, 64×64 images, few steps.
 
     SPO_COMFYUI_DIR=/path/to/ComfyUI SPO_COMFYUI_PYTHON=/path/to/venv/bin/python \
         python -m pytest tests/test_comfy_integration.py -q
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +26,6 @@ EXAMPLES = REPO / "examples" / "comfyui"
 CKPT = "sd15-random.safetensors"
 LORA = "spo-random_lora_diffusers.safetensors"
 LORA_SDXL = "sdxl-random_lora_kohya.safetensors"
-SPM_DIR = "tiny-spm"
 STEPS, SIZE = 4, 64
 
 
@@ -278,10 +279,20 @@ def assets(tmp_path_factory) -> dict:
     if not (cache / "loras" / LORA).is_file():
         _write_random_lora(cache / "loras" / LORA, modules)
     _write_sdxl_kohya_lora(cache / "loras" / LORA_SDXL)
-    if not (cache / "spo" / SPM_DIR / "config.json").is_file():
-        _write_tiny_spm(cache / "spo" / SPM_DIR)
+    shipped = REPO / "trainer" / "shapes" / "weights" / "spm"
+    if (shipped / "config.json").is_file():  # the ShapesWorld SPM, once it is shipped
+        spm_name = "shapesworld-spm"
+        link = cache / "spo" / spm_name
+        if link.is_symlink() and not link.exists():
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(shipped, target_is_directory=True)
+    else:
+        spm_name = "tiny-spm"
+        if not (cache / "spo" / spm_name / "config.json").is_file():
+            _write_tiny_spm(cache / "spo" / spm_name)
     (cache / "spo" / "corrupt.safetensors").write_bytes(b"not a safetensors file")
-    return {"cache": cache, "lora_modules": len(modules)}
+    return {"cache": cache, "lora_modules": len(modules), "spm": f"{spm_name}/model.safetensors"}
 
 
 def _build_random_sd15_diffusers(out: Path) -> None:
@@ -302,12 +313,12 @@ def _build_random_sd15_diffusers(out: Path) -> None:
     save_file({(k if k.startswith("text_model.") else "text_model." + k): v for k, v in sd.items()}, str(p))
 
 
-def _example(name: str, **replace) -> dict:
+def _example(name: str, spm: str, **replace) -> dict:
     """An example workflow (API format) at test size, with this run's file names."""
     wf = json.loads((EXAMPLES / f"{name}.api.json").read_text())
     for node in wf.values():
         inputs = node["inputs"]
-        for key, value in {"ckpt_name": CKPT, "lora_name": LORA, "spm_name": f"{SPM_DIR}/model.safetensors",
+        for key, value in {"ckpt_name": CKPT, "lora_name": LORA, "spm_name": spm,
                            "width": SIZE, "height": SIZE, "steps": STEPS, **replace}.items():
             if key in inputs:
                 inputs[key] = value
@@ -321,15 +332,16 @@ def comfy_run(assets, tmp_path_factory) -> dict:
     (work / "custom_nodes").mkdir()
     pack = work / "custom_nodes" / "spo-studio"
     pack.symlink_to(REPO, target_is_directory=True)
+    spm = assets["spm"]
     jobs = {
-        "lora": _example("spo_lora_ksampler"),
-        "best_of_4": _example("best_of_4_stepaware"),
-        "spo_sampler": _example("spo_sampler_samplercustom", k=2, window_start=0.25, window_end=1.0),
-        "bad_sdxl_lora": _example("spo_lora_ksampler", lora_name=LORA_SDXL),
-        "bad_spm": _example("best_of_4_stepaware", spm_name="corrupt.safetensors"),
-        "bad_k": _example("spo_sampler_samplercustom", k=1),
-        "bad_prompt": _example("spo_sampler_samplercustom", prompt="  "),
-        "after_errors": _example("spo_lora_ksampler", seed=7),
+        "lora": _example("spo_lora_ksampler", spm),
+        "best_of_4": _example("best_of_4_stepaware", spm),
+        "spo_sampler": _example("spo_sampler_samplercustom", spm, k=2, window_start=0.25, window_end=1.0),
+        "bad_sdxl_lora": _example("spo_lora_ksampler", spm, lora_name=LORA_SDXL),
+        "bad_spm": _example("best_of_4_stepaware", spm, spm_name="corrupt.safetensors"),
+        "bad_k": _example("spo_sampler_samplercustom", spm, k=1),
+        "bad_prompt": _example("spo_sampler_samplercustom", spm, prompt="  "),
+        "after_errors": _example("spo_lora_ksampler", spm, seed=7),
     }
     spec = {"task": "run", "pack": str(pack), "jobs": jobs, "examples": str(EXAMPLES),
             "folders": {"checkpoints": str(cache / "checkpoints"), "loras": str(cache / "loras"), "spo": str(cache / "spo")}}
@@ -350,10 +362,10 @@ def test_ui_workflows_match_their_api_twins_under_the_real_node_definitions(comf
                {k: (v["class_type"], v["inputs"]) for k, v in api.items()}, name
 
 
-def test_pack_loads_the_way_comfyui_loads_it(comfy_run):
+def test_pack_loads_the_way_comfyui_loads_it(comfy_run, assets):
     assert comfy_run["pack_loaded"]
     assert comfy_run["node_types"] == ["SPOLoadSPM", "SPOLoraLoader", "SPOSampler", "SPOStepAwareScore"]
-    assert f"{SPM_DIR}/model.safetensors" in comfy_run["spm_files"]
+    assert assets["spm"] in comfy_run["spm_files"]
 
 
 def test_spo_lora_ksampler_workflow_applies_every_lora_key(comfy_run, assets):
