@@ -46,3 +46,20 @@ def torch_device() -> torch.device:
     except ImportError:
         return torch.device("cpu")
     return comfy.model_management.get_torch_device()
+
+
+def show_text_on_node(text: str, node_id: str | None) -> None:
+    """Display `text` on the node in the ComfyUI frontend (progress-text message, ComfyUI ≥ 0.3.3x).
+
+    Older ComfyUI, or a run without the web server (scripts, tests), has no such channel; the same
+    text still reaches the history and API clients through the node's "ui" output.
+    """
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+
+        send = PromptServer.instance.send_progress_text
+    except (ImportError, AttributeError):
+        return
+    send(text, node_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from .errors import NodeInputError, one_line
-from .host import filename_list, full_path
+from .host import filename_list, full_path, show_text_on_node
 from .sampler_node import model_family
 from .spm_nodes import CATEGORY
 
@@ -97,10 +97,12 @@ class SPOLoraLoader:
                     "default": 1.0, "min": -20.0, "max": 20.0, "step": 0.01,
                     "tooltip": "Multiplier of the text-encoder update.",
                 }),
-            }
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def load_lora(self, model, clip, lora_name: str, strength_model: float = 1.0, strength_clip: float = 1.0):
+    def load_lora(self, model, clip, lora_name: str, strength_model: float = 1.0, strength_clip: float = 1.0,
+                  unique_id=None):
         from trainer.lora import read_lora, to_kohya_state_dict
 
         path = full_path("loras", lora_name, NODE)
@@ -127,4 +129,5 @@ class SPOLoraLoader:
         if not applied:
             raise NodeInputError(f"{NODE}: no module of {lora_name} matches this model ({line})")
         log.info("%s: %s", NODE, line)
+        show_text_on_node(line, unique_id)
         return {"ui": {"text": [line]}, "result": (new_model, new_clip, line)}

@@ -7,7 +7,7 @@ import torch
 
 from .convert import comfy_image_to_ours, select_rows
 from .errors import NodeInputError, one_line
-from .host import SPM_FOLDER, filename_list, full_path, torch_device
+from .host import SPM_FOLDER, filename_list, full_path, show_text_on_node, torch_device
 
 CATEGORY = "spo-studio"
 SCORE_CHUNK = 16  # images per SPM forward: bounds memory for large batches
@@ -128,10 +128,11 @@ class StepAwareScore:
                     "default": 1, "min": 1, "max": 4096,
                     "tooltip": "How many of the best images the top_images output keeps.",
                 }),
-            }
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def score(self, images, spm, prompt: str, timestep: int = 0, top_n: int = 1):
+    def score(self, images, spm, prompt: str, timestep: int = 0, top_n: int = 1, unique_id=None):
         from trainer.spo.guided_sampler import rank_best_first
 
         if not prompt.strip():
@@ -144,6 +145,7 @@ class StepAwareScore:
         sorted_images = select_rows(images, ranking.order)
         top = sorted_images[: max(1, min(top_n, images.shape[0]))]
         lines = [f"#{r + 1}: image {int(i)}  score {float(s):.4f}" for r, (i, s) in enumerate(zip(ranking.order, ranking.scores))]
+        show_text_on_node("\n".join(lines), unique_id)
         return {
             "ui": {"text": ["\n".join(lines)]},
             "result": (sorted_images, [float(s) for s in ranking.scores], top),

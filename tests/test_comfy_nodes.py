@@ -47,7 +47,7 @@ def comfy(tmp_path, monkeypatch):
 
 def _forget_modules():
     for name in list(sys.modules):
-        if name in ("folder_paths", "comfy", "comfy_nodes") or name.startswith(("comfy.", "comfy_nodes.")):
+        if name in ("folder_paths", "server", "comfy", "comfy_nodes") or name.startswith(("comfy.", "comfy_nodes.")):
             del sys.modules[name]
 
 
@@ -224,6 +224,16 @@ def test_step_aware_score_sorts_best_first_and_keeps_top_n(comfy):
     assert isinstance(scores, list) and all(isinstance(s, float) for s in scores)
     lines = out["ui"]["text"][0].splitlines()
     assert len(lines) == 5 and lines[0].startswith(f"#1: image {int(order[0])}")
+
+
+def test_step_aware_score_shows_the_ranking_on_the_node(comfy):
+    from server import PromptServer
+
+    spm = load_spm_node(comfy)
+    comfy["nodes"].StepAwareScore().score(images_batch(3), spm, PROMPT, 0, 1)  # no web server: no message
+    srv = PromptServer()
+    out = comfy["nodes"].StepAwareScore().score(images_batch(3), spm, PROMPT, 0, 1, unique_id="13")
+    assert srv.texts == [("13", out["ui"]["text"][0])]
 
 
 def test_step_aware_score_depends_on_the_timestep(comfy):
