@@ -20,7 +20,8 @@ At a branched step the k candidates x'_i = μ + s·z_i share the step's one x̂0
 model call on all k·B candidates at σ' gives their x̂0s; `score_x0` scores them at the
 candidate's timestep; the chosen candidate continues and its x̂0 is reused as the next
 step's model output. A branched step therefore costs k model evaluations per sample
-(plus one scorer batch) and an unbranched step one.
+(plus one scorer batch) and an unbranched step one; a branched last step costs one more,
+since no later step reuses its candidates' x̂0 (`expected_model_evals`).
 
 A step into σ' = 0 is never branched: with η = 1 its noise scale is 0, so every candidate
 would be the same point. To branch the last denoising stage, end the window on the step
@@ -211,6 +212,7 @@ def spo_guided_sample_traced(
     eta: float = 1.0,
 ) -> GuidedSample:
     """SPO-guided stochastic DDIM from x at sigmas[0] to sigmas[-1]; see the module docstring.
+    Deterministic given the noise sampler (or generator) and `choice_generator`.
 
     denoise(x [N,C,H,W], σ [N]) -> x̂0 [N,C,H,W]: guided x0 model; N is B or k·B. Candidate
         batches are k-major (rows j·B .. j·B+B−1 are candidate j of samples 0..B−1), so a host
