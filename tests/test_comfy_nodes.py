@@ -481,3 +481,30 @@ def test_lora_loader_refuses_wrong_family_and_corrupt_files_in_one_line(comfy, t
     with pytest.raises(NodeInputError, match=r"SPO LoRA Loader \(junk.safetensors\): ") as e:
         loader.load_lora(model, clip, "junk.safetensors", 1.0, 1.0)
     assert "\n" not in str(e.value)
+
+
+# ====================================================================== example workflows
+
+
+def test_example_workflows_match_the_nodes_as_they_are(comfy, monkeypatch):
+    """The UI files store widget values by position: they must be what ui_format makes from the API
+    files with the recorded node definitions, and our nodes must still have those definitions
+    (else: regenerate with examples/comfyui/ui_format.py)."""
+    import json
+
+    examples = REPO / "examples" / "comfyui"
+    monkeypatch.syspath_prepend(str(examples))
+    from ui_format import api_to_ui, compact_info, node_info_of, ui_to_api
+
+    info = json.loads((examples / "node_info.json").read_text())
+    (comfy["models"] / "loras" / "x.safetensors").write_bytes(b"")
+    for name, cls in comfy["nodes"].NODE_CLASS_MAPPINGS.items():
+        now = compact_info({name: node_info_of(cls)})[name]
+        assert json.dumps(now) == json.dumps(info[name]), f"{name} changed (order counts): regenerate the UI files"
+    apis = sorted(examples.glob("*.api.json"))
+    assert len(apis) == 3
+    for api_path in apis:
+        api = json.loads(api_path.read_text())
+        ui = json.loads(api_path.with_name(api_path.name.replace(".api.json", ".json")).read_text())
+        assert ui == api_to_ui(api, info)
+        assert {k: v["inputs"] for k, v in ui_to_api(ui, info).items()} == {k: v["inputs"] for k, v in api.items()}

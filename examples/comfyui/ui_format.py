@@ -29,6 +29,22 @@ def node_info_of(cls) -> dict:
     return {"input": json.loads(json.dumps(inputs, default=str)), "output": types, "output_name": names}
 
 
+def compact_info(info: dict) -> dict:
+    """The part of /object_info the conversion needs (input names, widget kinds, seed controls,
+    outputs), without option lists such as the file names of one installation."""
+    out = {}
+    for cls, meta in sorted(info.items()):
+        inputs = {}
+        for section in ("required", "optional"):
+            if section in meta["input"]:
+                inputs[section] = {}
+                for name, kind, opts in _input_specs({"input": {section: meta["input"][section]}}):
+                    keep = {"control_after_generate": True} if _has_control(name, kind, opts) else {}
+                    inputs[section][name] = [kind, keep]
+        out[cls] = {"input": inputs, "output": meta["output"], "output_name": meta["output_name"]}
+    return out
+
+
 def _input_specs(info: dict) -> list[tuple[str, str, dict]]:
     """(name, type, options) of every declared input, required first, in declaration order."""
     out = []
@@ -134,7 +150,10 @@ def ui_to_api(ui: dict, info: dict) -> dict:
 
 
 def write_ui_files(info: dict) -> list[Path]:
-    """Regenerate every `<name>.json` UI file beside its `<name>.api.json`."""
+    """Regenerate every `<name>.json` UI file beside its `<name>.api.json`, and node_info.json
+    (the compact node definitions they were made with, for the offline consistency test)."""
+    info = compact_info(info)
+    (HERE / "node_info.json").write_text(json.dumps(info, indent=1) + "\n")
     written = []
     for api_path in sorted(HERE.glob("*.api.json")):
         ui_path = api_path.with_name(api_path.name.replace(".api.json", ".json"))
