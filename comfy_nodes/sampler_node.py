@@ -55,6 +55,7 @@ class SPOSamplerFunction:
         except ValueError as e:
             raise one_line(NODE, e) from None
         seed = extra_args.get("seed")
+        # softmax draws get their own stream: choosing never shifts the noise sequence
         choice = torch.Generator().manual_seed(int(seed) + 0x5F0) if seed is not None else None
 
         batch = x.shape[0]
@@ -129,7 +130,8 @@ class SPOSampler:
                 }),
                 "window_end": ("FLOAT", {
                     "default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                    "tooltip": "Fraction of the steps where branching stops (1.0 = to the end).",
+                    "tooltip": "Fraction of the steps where branching stops (1.0 = to the end; the last step into "
+                               "sigma 0 adds no noise, so it never branches).",
                 }),
                 "selection": (["best", "softmax"], {
                     "default": "best",
