@@ -37,7 +37,7 @@ def vae_config() -> dict:
     return dict(
         in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8,
+        block_out_channels=(16, 64, 64), layers_per_block=1, norm_num_groups=16,
     )
 
 

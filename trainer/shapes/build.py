@@ -30,18 +30,19 @@ class BuildConfig:
     seed: int = 0
     renders_per_caption: int = 12
     clip_steps: int = 200
-    vae_steps: int = 500
+    vae_steps: int = 1200
+    vae_decoder_steps: int = 400
     unet_steps: int = 2500
     unet_batch: int = 64
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
-    preference_pairs: int = 12000
-    preference_steps: int = 1200
-    spm_steps: int = 0  # 0: the `shapes` preset's own step count
+    preference_pairs: int = 4800
+    preference_steps: int = 500
+    spm_steps: int = 300  # 0: the `shapes` preset's own step count
     threads: int = 2
 
 
 FULL = BuildConfig()
-QUICK = BuildConfig(renders_per_caption=2, clip_steps=20, vae_steps=20, unet_steps=20, eval_seeds=(0,),
+QUICK = BuildConfig(renders_per_caption=2, clip_steps=20, vae_steps=20, vae_decoder_steps=10, unet_steps=20, eval_seeds=(0,),
                     preference_pairs=256, preference_steps=20, spm_steps=4)
 STAGES = ("world", "pipeline", "preference", "spm")
 
@@ -80,7 +81,7 @@ def stage_world(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
 
 
 def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from .architectures import TOKEN_LENGTH, scheduler_config
@@ -89,10 +90,10 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     from .tokenizer import write_tokenizer
     from .train_clip import pretrain_clip
     from .train_unet import encode_captions, encode_latents, train_unet
-    from .train_vae import measure_scaling_factor, train_vae
+    from .train_vae import finetune_decoder, measure_scaling_factor, train_vae
     from .world import train_captions
 
-    timings = {}
+    timings, reused = {}, []
     t0 = time.time()
     write_tokenizer(scratch / "tokenizer", max_length=TOKEN_LENGTH)
     tokenizer = CLIPTokenizer.from_pretrained(str(scratch / "tokenizer"))
@@ -106,6 +107,7 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
 
         clip = CLIPModel.from_pretrained(str(scratch / "clip")).eval()
         _log(f"clip: reused {scratch / 'clip'}")
+        reused.append("clip")
     else:
         clip = pretrain_clip(data, tokenizer, cfg.clip_steps, seed=cfg.seed + 1, log=_log)
         clip.save_pretrained(str(scratch / "clip"))
@@ -116,13 +118,19 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     t0 = time.time()
     vae_ckpt = scratch / "vae"
     if vae_ckpt.exists():
-        from diffusers import AutoencoderKL
-
         vae = AutoencoderKL.from_pretrained(str(vae_ckpt)).eval()
         _log(f"vae: reused {vae_ckpt}")
+        reused.append("vae")
     else:
         vae = train_vae(data, cfg.vae_steps, seed=cfg.seed + 2, log=_log)
         vae.save_pretrained(str(vae_ckpt))
+    if (scratch / "vae_full").exists():
+        vae = AutoencoderKL.from_pretrained(str(scratch / "vae_full")).eval()
+        _log(f"vae: reused {scratch / 'vae_full'}")
+        reused.append("vae_decoder")
+    else:
+        vae = finetune_decoder(vae, data, cfg.vae_decoder_steps, seed=cfg.seed + 4, log=_log)
+        vae.save_pretrained(str(scratch / "vae_full"))
     scaling = measure_scaling_factor(vae, data)
     vae.register_to_config(scaling_factor=scaling)
     timings["vae_s"] = time.time() - t0
@@ -157,9 +165,12 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
               (("unet", unet), ("vae", vae), ("text_encoder", text_encoder), ("clip", clip))}
     return {"training_images": int(data.images.shape[0]), "vae_scaling_factor": scaling, "parameters": params,
             "vae_reconstruction": recon,
-            "seeds": {"render": cfg.seed, "clip": cfg.seed + 1, "vae": cfg.seed + 2, "unet": cfg.seed + 3},
-            "steps": {"clip": cfg.clip_steps, "vae": cfg.vae_steps, "unet": cfg.unet_steps},
-            "seconds": {k: round(v, 1) for k, v in timings.items()}, "heldout_eval": report}
+            "seeds": {"render": cfg.seed, "clip": cfg.seed + 1, "vae": cfg.seed + 2, "vae_decoder": cfg.seed + 4,
+                      "unet": cfg.seed + 3},
+            "steps": {"clip": cfg.clip_steps, "vae": cfg.vae_steps, "vae_decoder": cfg.vae_decoder_steps,
+                      "unet": cfg.unet_steps},
+            "seconds": {k: round(v, 1) for k, v in timings.items()},
+            "reused_from_scratch_checkpoints": reused, "heldout_eval": report}
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .render import render
-from .truth import preference_label, preference_utility
+from .truth import label_from_utilities, preference_utility
 from .world import COLOURS, POSITIONS, SHAPES, Scene, parse_caption
 
 _ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "background": tuple(COLOURS), "position": tuple(POSITIONS)}
@@ -56,11 +56,12 @@ def make_pairs(captions: list[str], n: int, seed: int, misaligned: float = 0.3, 
         b = min(n, a + chunk)
         x0 = render(s0[a:b], torch.rand(b - a, generator=g), g)
         x1 = render(s1[a:b], torch.rand(b - a, generator=g), g)
+        u0, u1 = preference_utility(x0, caps[a:b]), preference_utility(x1, caps[a:b])
         parts["x0"].append(x0)
         parts["x1"].append(x1)
-        parts["l0"].append(preference_label(x0, x1, caps[a:b], g))
-        parts["u0"].append(preference_utility(x0, caps[a:b]))
-        parts["u1"].append(preference_utility(x1, caps[a:b]))
+        parts["l0"].append(label_from_utilities(u0, u1, g))
+        parts["u0"].append(u0)
+        parts["u1"].append(u1)
     cat = {k: torch.cat(v) for k, v in parts.items()}
     return Pairs(caps, cat["x0"], cat["x1"], cat["l0"], cat["u0"], cat["u1"])
 

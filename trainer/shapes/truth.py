@@ -200,6 +200,15 @@ def preference_utility(images: torch.Tensor, captions: Sequence[str]) -> torch.T
     return 0.6 * aesthetic(images) / 10 + 0.4 * alignment(images, captions)
 
 
+def label_from_utilities(u0: torch.Tensor, u1: torch.Tensor, generator: torch.Generator, temperature: float = 0.05,
+                         tie_margin: float = 0.02) -> torch.Tensor:
+    """label_0 ∈ {0, 0.5, 1}, Tensor[B]: P(0 preferred) = sigmoid((u0 − u1) / temperature), a tie (0.5)
+    when |u0 − u1| < tie_margin, like Pick-a-Pic raters who could not decide."""
+    p = torch.sigmoid((u0 - u1) / temperature)
+    won = (torch.rand(p.shape, generator=generator) < p).float()
+    return torch.where((u0 - u1).abs() < tie_margin, torch.full_like(p, 0.5), won)
+
+
 def preference_label(
     images_0: torch.Tensor,
     images_1: torch.Tensor,
@@ -208,16 +217,11 @@ def preference_label(
     temperature: float = 0.05,
     tie_margin: float = 0.02,
 ) -> torch.Tensor:
-    """Noisy generic preference: label_0 ∈ {0, 0.5, 1} per pair, Tensor[B].
-
-    P(0 preferred) = sigmoid((u0 − u1) / temperature) on the mixed utility; a tie (0.5) when
-    |u0 − u1| < tie_margin, like Pick-a-Pic raters who could not decide.
-    """
+    """Noisy generic preference between two images of each caption: label_0 ∈ {0, 0.5, 1}, Tensor[B],
+    drawn from the rater's utility (`preference_utility`) by `label_from_utilities`."""
     u0 = preference_utility(images_0, captions)
     u1 = preference_utility(images_1, captions)
-    p = torch.sigmoid((u0 - u1) / temperature)
-    won = (torch.rand(p.shape, generator=generator) < p).float()
-    return torch.where((u0 - u1).abs() < tie_margin, torch.full_like(p, 0.5), won)
+    return label_from_utilities(u0, u1, generator, temperature, tie_margin)
 
 
 class AestheticScore:
