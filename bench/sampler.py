@@ -8,7 +8,7 @@ sample (n evaluations). "spo" branches k candidates per step in the window and k
 pick (n + (k−1)·W evaluations, +1 when the last step branches). "best_of_m" draws m plain samples and keeps the one the SPM
 scores highest at t = 0, with m chosen so that m·n matches spo's cost (rounded up). Quality is the
 ShapesWorld ground truth (aesthetic 0–10, alignment 0–1): mean and 95% interval over all
-caption × seed pairs. Prints a table and writes JSON.
+caption × seed pairs (captions evenly spaced over the training set, or the held-out set). Prints a table and writes JSON.
 """
 from __future__ import annotations
 
@@ -54,7 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.sampler", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="diffusers pipeline directory (default: the shipped ShapesWorld pipeline)")
     p.add_argument("--spm", help="SPM folder or file (default: the shipped ShapesWorld SPM)")
-    p.add_argument("--captions", type=int, default=8, help="held-out ShapesWorld captions to use (default 8)")
+    p.add_argument("--captions", type=int, default=8, help="ShapesWorld captions to use (default 8)")
+    p.add_argument("--caption-set", choices=("train", "heldout"), default="train",
+                   help="train: evenly spaced over the training captions (default); heldout: the held-out "
+                        "combinations, which the small base model rarely aligns with")
     p.add_argument("--seeds", type=int, default=4, help="seeds per caption (default 4)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> list[MethodResult]:
     from trainer.models import load_model
     from trainer.shapes import truth
     from trainer.shapes.weights_dir import check_weights, weights_dir
-    from trainer.shapes.world import IMAGE_SIZE, heldout_captions
+    from trainer.shapes.world import IMAGE_SIZE, heldout_captions, train_captions
     from trainer.spm.weights import load_spm
     from trainer.spo.guided_sampler import (
         branched_steps, ddim_sigmas, expected_model_evals, model_denoiser, spo_guided_sample_traced,
@@ -79,7 +82,8 @@ def run(args: argparse.Namespace) -> list[MethodResult]:
 
     model = load_model(args.model or check_weights(), device=args.device)
     spm = load_spm(args.spm or weights_dir("spm"), device=args.device)
-    captions = heldout_captions()[: args.captions]
+    pool = train_captions() if args.caption_set == "train" else heldout_captions()
+    captions = [pool[round(i * len(pool) / args.captions)] for i in range(min(args.captions, len(pool)))]
     jobs = [(c, s) for c in captions for s in range(args.seeds)]
     sigmas = ddim_sigmas(model.schedule, args.steps).to(args.device)
     n = args.steps
