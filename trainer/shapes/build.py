@@ -34,6 +34,9 @@ class BuildConfig:
     vae_decoder_steps: int = 400
     unet_steps: int = 2500
     unet_batch: int = 64
+    unet2_steps: int = 2000  # second phase: capped v-weighted loss (see train_unet)
+    unet2_lr: float = 4e-4
+    unet2_v_weight_cap: float = 30.0
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
     preference_pairs: int = 4800
     preference_steps: int = 500
@@ -42,7 +45,7 @@ class BuildConfig:
 
 
 FULL = BuildConfig()
-QUICK = BuildConfig(renders_per_caption=2, clip_steps=20, vae_steps=20, vae_decoder_steps=10, unet_steps=20, eval_seeds=(0,),
+QUICK = BuildConfig(renders_per_caption=2, clip_steps=20, vae_steps=20, vae_decoder_steps=10, unet_steps=20, unet2_steps=10, eval_seeds=(0,),
                     preference_pairs=256, preference_steps=20, spm_steps=4)
 STAGES = ("world", "pipeline", "preference", "spm")
 
@@ -147,6 +150,9 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     uncond = encode_captions(text_encoder, tokenizer, [""])[0]
     unet = train_unet(mean, std, data.caption_ids, states, uncond, scaling, cfg.unet_steps, seed=cfg.seed + 3,
                       checkpoint=scratch / "unet_checkpoint.pt", batch=cfg.unet_batch, log=_log)
+    unet = train_unet(mean, std, data.caption_ids, states, uncond, scaling, cfg.unet2_steps, seed=cfg.seed + 5,
+                      checkpoint=scratch / "unet_phase2_checkpoint.pt", batch=cfg.unet_batch, lr=cfg.unet2_lr,
+                      init_state=unet.state_dict(), v_weight_cap=cfg.unet2_v_weight_cap, log=_log)
     timings["unet_s"] = time.time() - t0
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -166,9 +172,9 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     return {"training_images": int(data.images.shape[0]), "vae_scaling_factor": scaling, "parameters": params,
             "vae_reconstruction": recon,
             "seeds": {"render": cfg.seed, "clip": cfg.seed + 1, "vae": cfg.seed + 2, "vae_decoder": cfg.seed + 4,
-                      "unet": cfg.seed + 3},
+                      "unet": cfg.seed + 3, "unet_phase2": cfg.seed + 5},
             "steps": {"clip": cfg.clip_steps, "vae": cfg.vae_steps, "vae_decoder": cfg.vae_decoder_steps,
-                      "unet": cfg.unet_steps},
+                      "unet": cfg.unet_steps, "unet_phase2": cfg.unet2_steps},
             "seconds": {k: round(v, 1) for k, v in timings.items()},
             "reused_from_scratch_checkpoints": reused, "heldout_eval": report}
 

@@ -33,15 +33,23 @@ def encode_captions(text_encoder, tokenizer, captions: list[str]) -> torch.Tenso
 
 def train_unet(latent_mean, latent_std, caption_ids, text_states, uncond_state, scaling_factor: float, steps: int,
                seed: int, checkpoint: Path | None = None, batch: int = 64, lr: float = 8e-4, dropout: float = 0.1,
-               log=print):
+               init_state: dict | None = None, v_weight_cap: float = 1.0, log=print):
     """Returns the trained UNet. latent_*: Tensor[N, 4, 16, 16] unscaled; caption_ids Tensor[N];
     text_states Tensor[C, L, D]; uncond_state Tensor[L, D] (the empty caption). Resumes from
-    `checkpoint` if it exists and saves it every 250 steps."""
+    `checkpoint` if it exists and saves it every 250 steps.
+
+    init_state: UNet state dict to start from (a second phase). v_weight_cap > 1 weights the ε-MSE
+    by min(1/ᾱ_t, cap), i.e. the v-prediction loss capped: with plain ε-MSE a small UNet learns
+    almost nothing about x̂0 at high t (an ε error there is amplified √(1/ᾱ) ≈ 12× in x̂0), and
+    sampling from pure noise then ignores the caption.
+    """
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     unet = UNet2DConditionModel(**unet_config())
+    if init_state is not None:
+        unet.load_state_dict(init_state)
     alphas = DDIMScheduler(**scheduler_config()).alphas_cumprod.float()
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     sched = warmup_cosine(opt, steps)
@@ -65,7 +73,8 @@ def train_unet(latent_mean, latent_std, caption_ids, text_states, uncond_state, 
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         drop = torch.rand(batch, generator=g) < dropout
         cond = torch.where(drop[:, None, None], uncond_state[None], text_states[caption_ids[idx]])
-        loss = F.mse_loss(unet(xt, t, cond).sample, eps)
+        weight = (1 / a).clamp(max=v_weight_cap)
+        loss = (weight * (unet(xt, t, cond).sample - eps) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
