@@ -11,6 +11,7 @@ minutes and writes to a scratch directory instead of the shipped weights.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -37,6 +38,7 @@ class BuildConfig:
     unet2_steps: int = 2000  # second phase: capped v-weighted loss (see train_unet)
     unet2_lr: float = 4e-4
     unet2_v_weight_cap: float = 30.0
+    unet2_offset_noise: float = 0.15
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
     preference_pairs: int = 4800
     preference_steps: int = 500
@@ -152,7 +154,8 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
                       checkpoint=scratch / "unet_checkpoint.pt", batch=cfg.unet_batch, log=_log)
     unet = train_unet(mean, std, data.caption_ids, states, uncond, scaling, cfg.unet2_steps, seed=cfg.seed + 5,
                       checkpoint=scratch / "unet_phase2_checkpoint.pt", batch=cfg.unet_batch, lr=cfg.unet2_lr,
-                      init_state=unet.state_dict(), v_weight_cap=cfg.unet2_v_weight_cap, log=_log)
+                      init_state=unet.state_dict(), v_weight_cap=cfg.unet2_v_weight_cap,
+                      offset_noise=cfg.unet2_offset_noise, log=_log)
     timings["unet_s"] = time.time() - t0
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -201,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, minutes; writes to a scratch dir")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: the shipped weights dir)")
     parser.add_argument("--scratch", type=Path, default=None, help="checkpoints and intermediates (default: a temp dir)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
+    if args.threads:
+        cfg = dataclasses.replace(cfg, threads=args.threads)
     scratch = args.scratch or Path(tempfile.gettempdir()) / ("shapes_build_quick" if args.quick else "shapes_build")
     out = args.out or (scratch / "weights" if args.quick else WEIGHTS)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def encode_captions(text_encoder, tokenizer, captions: list[str]) -> torch.Tenso
 
 def train_unet(latent_mean, latent_std, caption_ids, text_states, uncond_state, scaling_factor: float, steps: int,
                seed: int, checkpoint: Path | None = None, batch: int = 64, lr: float = 8e-4, dropout: float = 0.1,
-               init_state: dict | None = None, v_weight_cap: float = 1.0, log=print):
+               init_state: dict | None = None, v_weight_cap: float = 1.0, offset_noise: float = 0.0, log=print):
     """Returns the trained UNet. latent_*: Tensor[N, 4, 16, 16] unscaled; caption_ids Tensor[N];
     text_states Tensor[C, L, D]; uncond_state Tensor[L, D] (the empty caption). Resumes from
     `checkpoint` if it exists and saves it every 250 steps.
@@ -42,6 +42,10 @@ def train_unet(latent_mean, latent_std, caption_ids, text_states, uncond_state, 
     by min(1/ᾱ_t, cap), i.e. the v-prediction loss capped: with plain ε-MSE a small UNet learns
     almost nothing about x̂0 at high t (an ε error there is amplified √(1/ᾱ) ≈ 12× in x̂0), and
     sampling from pure noise then ignores the caption.
+    offset_noise: std of a per-channel constant added to ε. SD's schedule leaves ᾱ_T ≈ 0.005, so x_T
+    still carries the latent's mean (for flat ShapesWorld images: the background colour, at SNR ≈ 1
+    on 16×16) and the model learns to copy it instead of drawing it from the caption; sampling
+    from zero-mean noise then gives every image the average colour. Offset noise hides that mean.
     """
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
@@ -69,6 +73,8 @@ def train_unet(latent_mean, latent_std, caption_ids, text_states, uncond_state, 
         x0 = (latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=g)) * scaling_factor
         t = torch.randint(0, 1000, (batch,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
+        if offset_noise > 0:
+            eps = eps + offset_noise * torch.randn(batch, x0.shape[1], 1, 1, generator=g)
         a = alphas[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         drop = torch.rand(batch, generator=g) < dropout
