@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -162,6 +163,9 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
                                    scheduler=DDIMScheduler(**scheduler_config()), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(str(out / "pipeline"))
+    for dst in (out / "pipeline" / "tokenizer", out / "clip"):  # slow-tokenizer files for transformers < 5
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(scratch / "tokenizer" / name, dst / name)
     _log(f"saved pipeline to {out / 'pipeline'}")
     t0 = time.time()
     loaded = StableDiffusionPipeline.from_pretrained(str(out / "pipeline"), safety_checker=None)

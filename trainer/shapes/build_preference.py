@@ -48,6 +48,9 @@ def stage_preference(cfg, out: Path, scratch: Path, log) -> dict:
     model.save_pretrained(str(dst))
     tokenizer.save_pretrained(str(dst))
     CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(str(dst))
+    for name in ("vocab.json", "merges.txt"):  # slow-tokenizer files for transformers < 5
+        if (clip_dir / name).exists():
+            shutil.copyfile(clip_dir / name, dst / name)
     decided = evals.label_0 != 0.5
     oracle = ((evals.utility_0 > evals.utility_1).float() == evals.label_0)[decided].float().mean()
     log(f"preference accuracy on held-out pairs: before {before['accuracy_vs_labels']:.3f}, after "
