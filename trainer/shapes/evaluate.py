@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .report import mean_ci95
-from .truth import aesthetic, alignment
+from .truth import aesthetic, alignment_terms
 from .world import heldout_captions
 
 
@@ -25,7 +25,8 @@ def heldout_report(pipe, seeds: list[int], captions: list[str] | None = None, st
     captions = heldout_captions() if captions is None else captions
     images = sample_pipeline(pipe, captions, seeds, steps, guidance)
     prompts = [c for c in captions for _ in seeds]
-    al, ae = alignment(images, prompts), aesthetic(images)
+    terms = alignment_terms(images, prompts)
+    al, ae = terms.total(), aesthetic(images)
     return {
         "captions": len(captions), "seeds": list(seeds), "steps": steps, "guidance_scale": guidance,
         "alignment": dict(zip(("mean", "lo", "hi"), mean_ci95(al))),
@@ -33,6 +34,7 @@ def heldout_report(pipe, seeds: list[int], captions: list[str] | None = None, st
         "aesthetic_std": float(ae.std()),
         "aesthetic_p10_p90": [float(ae.quantile(0.1)), float(ae.quantile(0.9))],
         "alignment_above_0.5": float((al > 0.5).float().mean()),
+        "alignment_terms": {k: float(getattr(terms, k).mean()) for k in ("shape", "colour", "background", "position")},
         "per_image_alignment": [round(float(v), 4) for v in al],
         "per_image_aesthetic": [round(float(v), 4) for v in ae],
     }
