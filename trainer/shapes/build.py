@@ -53,6 +53,15 @@ QUICK = BuildConfig(renders_per_caption=2, clip_steps=20, vae_steps=20, vae_deco
 STAGES = ("world", "pipeline", "preference", "spm")
 
 
+def scrub_paths(directory: Path, scratch: Path, out: Path) -> None:
+    """Replace this machine's paths in the saved JSON configs (e.g. `_name_or_path`) by placeholders."""
+    for f in directory.rglob("*.json"):
+        text = f.read_text()
+        new = text.replace(str(scratch), "<scratch>").replace(str(out.resolve()), "<weights>").replace(str(out), "<weights>")
+        if new != text:
+            f.write_text(new)
+
+
 def update_record(out: Path, key: str, entry: dict) -> None:
     path = out / "record.json"
     record = json.loads(path.read_text()) if path.exists() else {}
@@ -166,6 +175,7 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     for dst in (out / "pipeline" / "tokenizer", out / "clip"):  # slow-tokenizer files for transformers < 5
         for name in ("vocab.json", "merges.txt"):
             shutil.copyfile(scratch / "tokenizer" / name, dst / name)
+    scrub_paths(out / "pipeline", scratch, out)
     _log(f"saved pipeline to {out / 'pipeline'}")
     t0 = time.time()
     loaded = StableDiffusionPipeline.from_pretrained(str(out / "pipeline"), safety_checker=None)

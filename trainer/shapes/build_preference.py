@@ -83,6 +83,9 @@ def stage_spm(cfg, out: Path, scratch: Path, log) -> dict:
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(run / "spm", dst)
+    from .build import scrub_paths
+
+    scrub_paths(dst, scratch, out)
     report = json.loads((run / "eval.json").read_text())
     shown = " ".join(a if not a.startswith(str(scratch)) else "<scratch>" + a[len(str(scratch)):] for a in cmd[1:])
     shown = shown.replace(str(out), "<weights>")
