@@ -9,7 +9,7 @@ import torch
 from trainer.shapes import heldout_captions
 from trainer.shapes.evaluate import sample_pipeline
 from trainer.shapes.truth import aesthetic, alignment
-from trainer.shapes.weights_dir import REBUILD, ShapesWeightsError, check_weights, load_shapes_pipeline_dir, weights_dir
+from trainer.shapes.shipped import REBUILD, ShapesWeightsError, check_weights, load_shapes_pipeline_dir, weights_dir
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +83,17 @@ def test_corrupted_weights_name_the_rebuild_command(tmp_path):
     shutil.rmtree(bad / "tokenizer")
     with pytest.raises(ShapesWeightsError, match="lacks tokenizer"):
         check_weights(bad)
+
+
+@pytest.mark.parametrize("part", ["preference", "spm"])
+def test_shipped_preference_models_prefer_clean_renders(part):
+    from trainer.shapes import render_captions
+    from trainer.spm.weights import load_spm
+
+    scorer = load_spm(weights_dir(part))
+    caps = heldout_captions()[:6]
+    clean = render_captions(caps, torch.ones(6), seed=0)
+    ruined = render_captions(caps, torch.zeros(6), seed=0)
+    t = torch.zeros(6, dtype=torch.long)
+    with torch.no_grad():
+        assert float((scorer(clean, caps, t) > scorer(ruined, caps, t)).float().mean()) >= 5 / 6

@@ -16,5 +16,5 @@ from .truth import (
     preference_label,
     preference_utility,
 )
-from .weights_dir import REBUILD, ShapesWeightsError, check_weights, load_shapes_pipeline_dir, weights_dir
+from .shipped import REBUILD, ShapesWeightsError, check_weights, load_shapes_pipeline_dir, weights_dir
 from .world import Scene, heldout_captions, parse_caption, train_captions

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .weights_dir import WEIGHTS
+from .shipped import WEIGHTS
 
 
 @dataclass(frozen=True)
