@@ -100,7 +100,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     import importlib
 
     found = []
-    for module, name in (("trainer.lora", "LoraFileError"), ("trainer.spm", "SPMError"), ("trainer.shapes.weights_dir", "ShapesWeightsError")):
+    for module, name in (("trainer.lora", "LoraFileError"), ("trainer.spm", "SPMError"), ("trainer.shapes", "ShapesWeightsError")):
         try:
             found.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):

@@ -14,7 +14,7 @@ SHAPES_SCORERS = ("shapes-spm", "shapes-preference", "shapes-aesthetic")
 
 def shapes_weights(part: str) -> Path:
     """A shipped ShapesWorld model directory (pipeline | preference | spm), checked to be there."""
-    from ..shapes.weights_dir import REBUILD, ShapesWeightsError, check_weights, weights_dir
+    from ..shapes import REBUILD, ShapesWeightsError, check_weights, weights_dir
 
     if part == "pipeline":
         return check_weights()
