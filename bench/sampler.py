@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> list[MethodResult]:
     from trainer.models import load_model
     from trainer.shapes import truth
-    from trainer.shapes.weights_dir import check_weights, weights_dir
+    from trainer.shapes.shipped import check_weights, weights_dir
     from trainer.shapes.world import IMAGE_SIZE, heldout_captions, train_captions
     from trainer.spm.weights import load_spm
     from trainer.spo.guided_sampler import (
