@@ -1,5 +1,6 @@
 """Real-size random-weight SD-1.5 (shipped configs): one SPO round and one training step. Slow."""
 import json
+import os
 
 import pytest
 import torch
@@ -50,3 +51,29 @@ def test_real_size_sd15_round_and_step(real_size_sd15):
     loss, _ = transition_loss(model, model.unet, r.transitions, r.embeds, model.uncond_embeds(1), 20, 5.0, 1.0, 10.0, 0.1)
     loss.backward()
     assert all(p.grad is not None for p in params)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("SPO_SD15_SINGLE_FILE"), reason="set SPO_SD15_SINGLE_FILE to an SD-1.5 .safetensors (e.g. the random one the ComfyUI integration test builds)")
+def test_single_file_sd15_with_shipped_configs(tmp_path):
+    """An original-layout SD-1.5 checkpoint loads offline from the shipped configs plus a tokenizer."""
+    import shutil
+
+    cfg = tmp_path / "sd15"
+    shutil.copytree(config_dir("sd15"), cfg)
+    write_tokenizer(cfg / "tokenizer", max_length=77)
+    (cfg / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"],
+        "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False,
+    }))
+    model = load_model(os.environ["SPO_SD15_SINGLE_FILE"], config_dir=cfg)
+    assert model.family.name == "sd15" and model.resolution == 512
+    assert sum(p.numel() for p in model.unet.parameters()) == 859_520_964
+    model.resolution = 64
+    counter = CountingUNet(model.unet)
+    model.unet = counter
+    cfgs = build_config("sd15", overrides={"sampling.batch_size": 1, "sampling.k": 2, "sampling.branch_start": 18})
+    spo_round(model, Brightness(), ["a cat"], cfgs.sampling, torch.Generator().manual_seed(0))
+    assert len(counter.calls) == 20
