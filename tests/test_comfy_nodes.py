@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fixtures_lora import add_random_adapter, tiny_sd15_unet, tiny_text_encoder
-from test_spm_common import randomize_adaln, tiny_clip, tokenizer_dir
+from spm_fixtures import randomize_adaln, tiny_clip, tokenizer_dir
 from tiny_models import tiny_vae, write_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

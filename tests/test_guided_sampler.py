@@ -331,7 +331,7 @@ def test_model_denoiser_over_ddim_sigmas_is_diffusers_ddim_on_a_real_unet(tiny_p
 def test_benchmark_runs_at_equal_budget_and_writes_json(tiny_pipeline, tmp_path):
     import json
 
-    from test_spm_common import randomize_adaln, tiny_clip, tokenizer_dir
+    from spm_fixtures import randomize_adaln, tiny_clip, tokenizer_dir
     from transformers import CLIPTokenizer
 
     from bench.sampler import main

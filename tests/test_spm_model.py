@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from test_spm_common import randomize_adaln, tiny_clip, tokenizer_dir
+from spm_fixtures import randomize_adaln, tiny_clip, tokenizer_dir
 from trainer.spm.model import AdaLNEncoderLayer, StepAwarePreferenceModel, timestep_features
 from trainer.spm.preprocess import PreprocessConfig, clip_preprocess
 

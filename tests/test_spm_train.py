@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from test_spm_common import colour_pairs, save_clip_dir, save_spm_test_pipeline
+from spm_fixtures import colour_pairs, save_clip_dir, save_spm_test_pipeline
 from trainer.spm import SPMError, load_spm, score_latents
 from trainer.spm.data import write_pickapic_dir
 from trainer.spm.denoise import add_noise, noised_pair_images

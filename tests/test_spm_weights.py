@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from test_spm_common import randomize_adaln, released_state_dict, tiny_clip, tiny_clip_config, tokenizer_dir
+from spm_fixtures import randomize_adaln, released_state_dict, tiny_clip, tiny_clip_config, tokenizer_dir
 from trainer.spm import SPMError, check_family, load_spm
 from trainer.spm.model import StepAwarePreferenceModel
 from trainer.spm.weights import LEGACY_BUFFERS, family_from_filename, read_state_dict

@@ -71,7 +71,7 @@ def tiny_spm_dir(tmp_path):
     """A tiny step-aware SPM in spo-studio's own format under models/spo/tiny-sd15."""
     from transformers import CLIPTokenizer
 
-    from test_spm_common import randomize_adaln, tiny_clip_config, tokenizer_dir
+    from spm_fixtures import randomize_adaln, tiny_clip_config, tokenizer_dir
     from trainer.spm import StepAwarePreferenceModel
 
     torch.manual_seed(0)
