@@ -38,6 +38,8 @@ from trainer.spo.config import build_config  # noqa: E402
 from trainer.spo.pairs import select_pairs  # noqa: E402
 from trainer.spo.rollout import Transitions  # noqa: E402
 
+from bench.spo_round import CountingUNet  # noqa: E402  (counts calls and UNet evaluations = rows)
+
 VARIANTS = {
     "spo": {"scorer.source": "shapes-spm"},
     "spo-winner": {"scorer.source": "shapes-spm", "sampling.continuation": "winner"},
@@ -46,18 +48,6 @@ VARIANTS = {
     "traj-dpo": {"scorer.source": "shapes-spm"},
     "base": {},
 }
-
-
-class Evaluations(torch.nn.Module):
-    """Counts UNet evaluations (rows of every batch) of the wrapped UNet."""
-
-    def __init__(self, unet):
-        super().__init__()
-        self.inner, self.config, self.rows = unet, unet.config, 0
-
-    def forward(self, x, *a, **k):
-        self.rows += x.shape[0]
-        return self.inner(x, *a, **k)
 
 
 class Agreement:
@@ -131,7 +121,7 @@ def run_variant(name: str, seed: int, budget: int, eval_seeds: int, threads: int
         agreement = Agreement(scorer, cfg.sampling.k) if name.startswith("spo") else None
         torch.manual_seed(seed)
         params = add_lora(model, cfg.lora)
-        counter = Evaluations(model.unet)
+        counter = CountingUNet(model.unet)
         base_unet, model.unet = model.unet, counter
         acc = Accelerator(cpu=True)
         opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
