@@ -31,15 +31,15 @@ class BuildConfig:
 
     seed: int = 0
     renders_per_caption: int = 12
-    clip_steps: int = 200
+    clip_steps: int = 1500
     vae_steps: int = 1200
     vae_decoder_steps: int = 400
-    unet_steps: int = 2500
+    unet_steps: int = 8000
     unet_batch: int = 64
-    unet2_steps: int = 2000  # second phase: capped v-weighted loss (see train_unet)
-    unet2_lr: float = 4e-4
-    unet2_v_weight_cap: float = 30.0
-    unet2_offset_noise: float = 0.15
+    unet_lr: float = 8e-4
+    unet_text_lr: float = 2e-4  # the text tower trains with the UNet (see train_unet)
+    unet_v_weight_cap: float = 30.0
+    unet_offset_noise: float = 0.15
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
     preference_pairs: int = 4800
     preference_steps: int = 500
@@ -48,7 +48,7 @@ class BuildConfig:
 
 
 FULL = BuildConfig()
-QUICK = BuildConfig(renders_per_caption=2, clip_steps=20, vae_steps=20, vae_decoder_steps=10, unet_steps=20, unet2_steps=10, eval_seeds=(0,),
+QUICK = BuildConfig(renders_per_caption=2, clip_steps=20, vae_steps=20, vae_decoder_steps=10, unet_steps=20, eval_seeds=(0,),
                     preference_pairs=256, preference_steps=20, spm_steps=4)
 STAGES = ("world", "pipeline", "preference", "spm")
 
@@ -104,7 +104,8 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     from .evaluate import heldout_report
     from .tokenizer import write_tokenizer
     from .train_clip import pretrain_clip
-    from .train_unet import encode_captions, encode_latents, train_unet
+    from .train_clip import tokenize
+    from .train_unet import encode_latents, train_unet
     from .train_vae import finetune_decoder, measure_scaling_factor, train_vae
     from .world import train_captions
 
@@ -156,16 +157,12 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     text_encoder = CLIPTextModel(clip.config.text_config)
     # transformers ≥ 5 flattens CLIPTextModel (no .text_model); older versions nest it.
     getattr(text_encoder, "text_model", text_encoder).load_state_dict(clip.text_model.state_dict())
-    text_encoder.eval()
     mean, std = encode_latents(vae, data)
-    states = encode_captions(text_encoder, tokenizer, data.captions)
-    uncond = encode_captions(text_encoder, tokenizer, [""])[0]
-    unet = train_unet(mean, std, data.caption_ids, states, uncond, scaling, cfg.unet_steps, seed=cfg.seed + 3,
-                      checkpoint=scratch / "unet_checkpoint.pt", batch=cfg.unet_batch, log=_log)
-    unet = train_unet(mean, std, data.caption_ids, states, uncond, scaling, cfg.unet2_steps, seed=cfg.seed + 5,
-                      checkpoint=scratch / "unet_phase2_checkpoint.pt", batch=cfg.unet_batch, lr=cfg.unet2_lr,
-                      init_state=unet.state_dict(), v_weight_cap=cfg.unet2_v_weight_cap,
-                      offset_noise=cfg.unet2_offset_noise, log=_log)
+    unet, text_encoder = train_unet(
+        mean, std, data.caption_ids, tokenize(tokenizer, data.captions), text_encoder, tokenize(tokenizer, [""])[0],
+        scaling, cfg.unet_steps, seed=cfg.seed + 3, checkpoint=scratch / "unet_text_checkpoint.pt",
+        batch=cfg.unet_batch, lr=cfg.unet_lr, text_lr=cfg.unet_text_lr, v_weight_cap=cfg.unet_v_weight_cap,
+        offset_noise=cfg.unet_offset_noise, log=_log)
     timings["unet_s"] = time.time() - t0
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -189,9 +186,9 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     return {"training_images": int(data.images.shape[0]), "vae_scaling_factor": scaling, "parameters": params,
             "vae_reconstruction": recon,
             "seeds": {"render": cfg.seed, "clip": cfg.seed + 1, "vae": cfg.seed + 2, "vae_decoder": cfg.seed + 4,
-                      "unet": cfg.seed + 3, "unet_phase2": cfg.seed + 5},
+                      "unet_and_text_encoder": cfg.seed + 3},
             "steps": {"clip": cfg.clip_steps, "vae": cfg.vae_steps, "vae_decoder": cfg.vae_decoder_steps,
-                      "unet": cfg.unet_steps, "unet_phase2": cfg.unet2_steps},
+                      "unet_and_text_encoder": cfg.unet_steps},
             "seconds": {k: round(v, 1) for k, v in timings.items()},
             "reused_from_scratch_checkpoints": reused, "heldout_eval": report}
 

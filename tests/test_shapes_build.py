@@ -1,0 +1,58 @@
+"""The ShapesWorld build's training functions on tiny inputs (the full build is not part of CI)."""
+import torch
+
+from trainer.shapes.architectures import clip_config
+from trainer.shapes.dataset import render_set
+from trainer.shapes.train_clip import pretrain_clip
+from trainer.shapes.train_unet import train_unet
+from trainer.shapes.world import parse_caption, train_captions
+
+
+def test_unet_training_fine_tunes_the_text_tower_and_resumes(tmp_path):
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    text = CLIPTextModel(clip_config().text_config)
+    before = {k: v.clone() for k, v in text.state_dict().items()}
+    latents = torch.randn(6, 4, 16, 16)
+    tokens = torch.randint(0, text.config.vocab_size, (3, 16))
+    args = (latents, torch.full_like(latents, 0.1), torch.tensor([0, 1, 2, 0, 1, 2]), tokens)
+    ckpt = tmp_path / "unet.pt"
+    unet, text = train_unet(*args, text, tokens[0], 0.5, steps=3, seed=0, checkpoint=ckpt, batch=4, log=lambda m: None)
+    moved = [k for k, v in text.state_dict().items() if not torch.equal(v, before[k])]
+    assert "embeddings.token_embedding.weight" in moved or any("token_embedding" in k for k in moved)
+    assert not any(p.requires_grad for p in text.parameters()) and not unet.training
+    state = torch.load(ckpt, weights_only=False)
+    assert state["step"] == 3 and set(state) >= {"unet", "text_encoder", "opt", "generator"}
+    # A finished checkpoint resumes to the same weights without training further.
+    again, _ = train_unet(*args, CLIPTextModel(clip_config().text_config), tokens[0], 0.5, steps=3, seed=0,
+                          checkpoint=ckpt, batch=4, log=lambda m: None)
+    for (k, a), b in zip(unet.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_clip_batches_share_colours_so_shape_and_position_matter(monkeypatch, tmp_path):
+    """Every contrastive batch is `groups` colour/background pairs: negatives differ in shape/position."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from trainer.shapes.tokenizer import write_tokenizer
+
+    seen = []
+
+    real_forward = CLIPModel.forward
+
+    def spy(self, input_ids=None, pixel_values=None, **kw):
+        seen.append(input_ids.clone())
+        return real_forward(self, input_ids=input_ids, pixel_values=pixel_values, **kw)
+
+    monkeypatch.setattr(CLIPModel, "forward", spy)
+    write_tokenizer(tmp_path, max_length=16)
+    tok = CLIPTokenizer.from_pretrained(str(tmp_path))
+    data = render_set(train_captions(), 1, seed=0)
+    pretrain_clip(data, tok, steps=2, seed=0, batch=16, groups=2, log=lambda m: None)
+    ids = tok(data.captions, padding="max_length", max_length=16, truncation=True, return_tensors="pt").input_ids
+    id_to_caption = {tuple(t.tolist()): c for c, t in zip(data.captions, ids)}
+    for ids in seen:
+        scenes = [parse_caption(id_to_caption[tuple(t.tolist())]) for t in ids]
+        assert len({(s.colour, s.background) for s in scenes}) == 2
+        assert len({s.caption for s in scenes}) == 16  # distinct captions: no colliding positives
