@@ -111,12 +111,12 @@ class SPOConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "shapes": {
         "sampling.k": 4,
-        "sampling.batch_size": 8,
+        "sampling.batch_size": 16,
         "sampling.rounds_per_epoch": 2,
         "sampling.threshold": 0.1,
-        "train.epochs": 4,
-        "train.lr": 1e-3,
-        "train.batch_size": 8,
+        "train.epochs": 6,
+        "train.lr": 5e-4,
+        "train.batch_size": 16,
         "lora.rank": 4,
         "lora.alpha": 4.0,
     },
