@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="branching window as fractions of the steps (default 0.2 1.0)")
     p.add_argument("--batch", type=int, default=8, help="images sampled together (default 8)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--out", default="outputs/bench_sampler.json", help="JSON result path")
+    p.add_argument("--out", default="bench/results/sampler.json", help="JSON result path")
     return p.parse_args(argv)
 
 
