@@ -97,7 +97,7 @@ def stage_world(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
 
 def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
     from .architectures import TOKEN_LENGTH, scheduler_config
     from .dataset import render_set
@@ -118,35 +118,20 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     _log(f"rendered {data.images.shape[0]} training images")
 
     t0 = time.time()
-    if (scratch / "clip").exists():
-        from transformers import CLIPModel
-
-        clip = CLIPModel.from_pretrained(str(scratch / "clip")).eval()
-        _log(f"clip: reused {scratch / 'clip'}")
-        reused.append("clip")
-    else:
-        clip = pretrain_clip(data, tokenizer, cfg.clip_steps, seed=cfg.seed + 1, log=_log)
-        clip.save_pretrained(str(scratch / "clip"))
+    clip = reuse_or_build(scratch / "clip", CLIPModel.from_pretrained, reused,
+                          lambda: pretrain_clip(data, tokenizer, cfg.clip_steps, seed=cfg.seed + 1, log=_log))
     clip.save_pretrained(str(out / "clip"))
     tokenizer.save_pretrained(str(out / "clip"))
     timings["clip_s"] = time.time() - t0
 
     t0 = time.time()
-    vae_ckpt = scratch / "vae"
-    if vae_ckpt.exists():
-        vae = AutoencoderKL.from_pretrained(str(vae_ckpt)).eval()
-        _log(f"vae: reused {vae_ckpt}")
-        reused.append("vae")
-    else:
-        vae = train_vae(data, cfg.vae_steps, seed=cfg.seed + 2, log=_log)
-        vae.save_pretrained(str(vae_ckpt))
-    if (scratch / "vae_full").exists():
-        vae = AutoencoderKL.from_pretrained(str(scratch / "vae_full")).eval()
-        _log(f"vae: reused {scratch / 'vae_full'}")
-        reused.append("vae_decoder")
-    else:
-        vae = finetune_decoder(vae, data, cfg.vae_decoder_steps, seed=cfg.seed + 4, log=_log)
-        vae.save_pretrained(str(scratch / "vae_full"))
+
+    def autoencoder():  # the VAE on crops, then its decoder on full images
+        vae = reuse_or_build(scratch / "vae", AutoencoderKL.from_pretrained, reused,
+                             lambda: train_vae(data, cfg.vae_steps, seed=cfg.seed + 2, log=_log))
+        return finetune_decoder(vae, data, cfg.vae_decoder_steps, seed=cfg.seed + 4, log=_log)
+
+    vae = reuse_or_build(scratch / "vae_full", AutoencoderKL.from_pretrained, reused, autoencoder)
     scaling = measure_scaling_factor(vae, data)
     vae.register_to_config(scaling_factor=scaling)
     timings["vae_s"] = time.time() - t0
@@ -191,6 +176,18 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
                       "unet_and_text_encoder": cfg.unet_steps},
             "seconds": {k: round(v, 1) for k, v in timings.items()},
             "reused_from_scratch_checkpoints": reused, "heldout_eval": report}
+
+
+def reuse_or_build(path: Path, load, reused: list[str], build):
+    """The model an earlier, interrupted build saved at `path`, or `build()` saved there (its name is
+    appended to `reused` when reused, so the record says which parts were not retrained)."""
+    if path.exists():
+        _log(f"{path.name}: reused {path}")
+        reused.append(path.name)
+        return load(str(path)).eval()
+    model = build()
+    model.save_pretrained(str(path))
+    return model
 
 
 @torch.no_grad()
