@@ -2,6 +2,7 @@
 schedule, 10% caption dropout (so classifier-free guidance works), with resumable checkpoints."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -89,6 +90,8 @@ def train_unet(latent_mean, latent_std, caption_ids, caption_tokens, text_encode
         if step % 50 == 0 or step == steps - 1:
             log(f"unet step {step}/{steps} loss {loss.item():.4f} ({time.time() - start:.0f}s)")
         if checkpoint is not None and ((step + 1) % 250 == 0 or step == steps - 1):
+            tmp = checkpoint.with_name(checkpoint.name + ".tmp")  # an interrupted save never replaces a good one
             torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(),
-                        "sched": sched.state_dict(), "generator": g.get_state(), "step": step + 1}, checkpoint)
+                        "sched": sched.state_dict(), "generator": g.get_state(), "step": step + 1}, tmp)
+            os.replace(tmp, checkpoint)
     return unet.eval(), text_encoder.requires_grad_(False).eval()
