@@ -20,7 +20,7 @@ def test_unet_training_fine_tunes_the_text_tower_and_resumes(tmp_path):
     ckpt = tmp_path / "unet.pt"
     unet, text = train_unet(*args, text, tokens[0], 0.5, steps=3, seed=0, checkpoint=ckpt, batch=4, log=lambda m: None)
     moved = [k for k, v in text.state_dict().items() if not torch.equal(v, before[k])]
-    assert "embeddings.token_embedding.weight" in moved or any("token_embedding" in k for k in moved)
+    assert any("token_embedding" in k for k in moved)
     assert not any(p.requires_grad for p in text.parameters()) and not unet.training
     state = torch.load(ckpt, weights_only=False)
     assert state["step"] == 3 and set(state) >= {"unet", "text_encoder", "opt", "generator"}
@@ -38,7 +38,6 @@ def test_clip_batches_share_colours_so_shape_and_position_matter(monkeypatch, tm
     from trainer.shapes.tokenizer import write_tokenizer
 
     seen = []
-
     real_forward = CLIPModel.forward
 
     def spy(self, input_ids=None, pixel_values=None, **kw):

@@ -103,8 +103,7 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     from .dataset import render_set
     from .evaluate import heldout_report
     from .tokenizer import write_tokenizer
-    from .train_clip import pretrain_clip
-    from .train_clip import tokenize
+    from .train_clip import pretrain_clip, tokenize
     from .train_unet import encode_latents, train_unet
     from .train_vae import finetune_decoder, measure_scaling_factor, train_vae
     from .world import train_captions
