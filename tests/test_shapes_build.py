@@ -55,3 +55,17 @@ def test_clip_batches_share_colours_so_shape_and_position_matter(monkeypatch, tm
         scenes = [parse_caption(id_to_caption[tuple(t.tolist())]) for t in ids]
         assert len({(s.colour, s.background) for s in scenes}) == 2
         assert len({s.caption for s in scenes}) == 16  # distinct captions: no colliding positives
+
+
+def test_build_unet_steps_flag_reaches_the_config_and_rejects_nonsense(monkeypatch, tmp_path, capsys):
+    import pytest
+
+    from trainer.shapes import build
+
+    seen = {}
+    monkeypatch.setattr(build, "stage_world", lambda cfg, out, scratch: seen.setdefault("cfg", cfg) and {})
+    build.main(["--stage", "world", "--quick", "--unet-steps", "7", "--scratch", str(tmp_path)])
+    assert seen["cfg"].unet_steps == 7 and seen["cfg"].clip_steps == build.QUICK.clip_steps
+    with pytest.raises(SystemExit):
+        build.main(["--stage", "world", "--unet-steps", "0", "--scratch", str(tmp_path)])
+    assert "--unet-steps must be at least 1" in capsys.readouterr().err

@@ -212,10 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: the shipped weights dir)")
     parser.add_argument("--scratch", type=Path, default=None, help="checkpoints and intermediates (default: a temp dir)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+    parser.add_argument("--unet-steps", type=int, default=None, help=f"UNet + text tower steps (default {FULL.unet_steps})")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     if args.threads:
         cfg = dataclasses.replace(cfg, threads=args.threads)
+    if args.unet_steps is not None:
+        if args.unet_steps < 1:
+            parser.error(f"--unet-steps must be at least 1, got {args.unet_steps}")
+        cfg = dataclasses.replace(cfg, unet_steps=args.unet_steps)
     scratch = args.scratch or Path(tempfile.gettempdir()) / ("shapes_build_quick" if args.quick else "shapes_build")
     out = args.out or (scratch / "weights" if args.quick else WEIGHTS)
     out.mkdir(parents=True, exist_ok=True)
