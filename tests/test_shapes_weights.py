@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from trainer.shapes import heldout_captions
+from trainer.shapes import heldout_captions, train_captions
 from trainer.shapes.evaluate import sample_pipeline
 from trainer.shapes.truth import aesthetic, alignment
 from trainer.shapes.shipped import REBUILD, ShapesWeightsError, check_weights, load_shapes_pipeline_dir, weights_dir
@@ -99,3 +99,14 @@ def test_shipped_preference_models_prefer_clean_renders(part):
     t = torch.zeros(6, dtype=torch.long)
     with torch.no_grad():
         assert float((scorer(clean, caps, t) > scorer(ruined, caps, t)).float().mean()) >= 5 / 6
+
+
+def test_shipped_denoiser_uses_the_caption_colour_and_position(pipe):
+    # Swapping an attribute the model has learned raises its x̂0 error where the noise hides it (t = 700).
+    import random
+
+    from trainer.shapes.evaluate import caption_sensitivity
+
+    err = caption_sensitivity(pipe, random.Random(1).sample(train_captions(), 16), timesteps=(700,))["700"]
+    assert err["colour"] > 1.5 * err["right"] and err["position"] > 1.5 * err["right"]
+    assert err["uncond"] > err["right"]

@@ -158,3 +158,19 @@ def test_tokenizer_loads_with_clip_tokenizer_and_words_are_single_tokens(tmp_pat
     assert max(len(tok(c).input_ids) for c in train_captions()) <= 16
     ids = tok("a photo of a cat").input_ids  # outside the world still tokenizes, by bytes
     assert ids[0] == bos and ids[-1] == eos and tok.decode(ids[1:-1]) == "a photo of a cat"
+
+
+def test_swap_attribute_changes_exactly_that_attribute():
+    import random
+
+    from trainer.shapes.evaluate import swap_attribute
+
+    rng = random.Random(0)
+    for caption in train_captions()[::37]:
+        s = parse_caption(caption)
+        for attribute in ("shape", "colour", "position"):
+            t = parse_caption(swap_attribute(caption, attribute, rng))
+            changed = {f for f in ("shape", "colour", "background", "position", "size") if getattr(s, f) != getattr(t, f)}
+            assert changed == {attribute}
+    with pytest.raises(ValueError, match="unknown attribute 'size'"):
+        swap_attribute(train_captions()[0], "size", rng)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import random
 import shutil
 import sys
 import tempfile
@@ -101,7 +102,7 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
 
     from .architectures import TOKEN_LENGTH, scheduler_config
     from .dataset import render_set
-    from .evaluate import heldout_report
+    from .evaluate import caption_sensitivity, heldout_report
     from .tokenizer import write_tokenizer
     from .train_clip import pretrain_clip, tokenize
     from .train_unet import encode_latents, train_unet
@@ -162,6 +163,7 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     loaded = StableDiffusionPipeline.from_pretrained(str(out / "pipeline"), safety_checker=None)
     loaded.set_progress_bar_config(disable=True)
     report = heldout_report(loaded, list(cfg.eval_seeds))
+    sensitivity = caption_sensitivity(loaded, random.Random(cfg.seed).sample(train_captions(), 64), seed=cfg.seed)
     timings["eval_s"] = time.time() - t0
     _log(f"held-out: alignment {report['alignment']['mean']:.3f}, aesthetic {report['aesthetic']['mean']:.2f} "
          f"± {report['aesthetic_std']:.2f}")
@@ -174,7 +176,8 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
             "steps": {"clip": cfg.clip_steps, "vae": cfg.vae_steps, "vae_decoder": cfg.vae_decoder_steps,
                       "unet_and_text_encoder": cfg.unet_steps},
             "seconds": {k: round(v, 1) for k, v in timings.items()},
-            "reused_from_scratch_checkpoints": reused, "heldout_eval": report}
+            "reused_from_scratch_checkpoints": reused, "heldout_eval": report,
+            "caption_sensitivity_xhat0_mse_by_t (64 training captions; see evaluate.caption_sensitivity)": sensitivity}
 
 
 def reuse_or_build(path: Path, load, reused: list[str], build):
