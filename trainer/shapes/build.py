@@ -35,7 +35,7 @@ class BuildConfig:
     clip_steps: int = 1500
     vae_steps: int = 1200
     vae_decoder_steps: int = 400
-    unet_steps: int = 16000  # shape is learned last: at 8,000 steps it still followed the caption at chance
+    unet_steps: int = 8000
     unet_batch: int = 64
     unet_lr: float = 8e-4
     unet_text_lr: float = 2e-4  # the text tower trains with the UNet (see train_unet)

@@ -97,7 +97,7 @@ PRESETS: dict[str, dict] = {
                  guidance_scale=5.0, mixed_precision="fp16", family="sd15"),
     "sdxl": dict(lr=1e-6, weight_decay=0.3, warmup_steps=500, max_steps=7000, batch_size=16, max_grad_norm=1.0,
                  guidance_scale=5.0, mixed_precision="fp16", family="sdxl"),
-    "shapes": dict(lr=1e-4, weight_decay=0.01, warmup_steps=20, max_steps=600, batch_size=16, max_grad_norm=1.0,
+    "shapes": dict(lr=3e-4, weight_decay=0.01, warmup_steps=20, max_steps=600, batch_size=16, max_grad_norm=1.0,
                    guidance_scale=5.0, mixed_precision="no", family="shapes", num_workers=0, save_every=200,
                    eval_batch_size=32, eval_max_pairs=256),
 }
