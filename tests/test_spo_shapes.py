@@ -90,3 +90,18 @@ def test_default_training_improves_heldout_aesthetic(tmp_path):
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     change = report["metrics"]["aesthetic"]["paired_change"]
     assert change[1] > 0, f"paired aesthetic change {change} does not exclude zero"
+
+
+def test_ground_truth_scorers_score_as_the_truth_does():
+    # The oracle rewards used for ceilings: the aesthetic as is, the rater's utility ×10 (same 0–10 scale).
+    from trainer.shapes import aesthetic, preference_utility, render_captions
+    from trainer.spo.sources import resolve_scorer
+
+    caps = ["a large red circle on a blue background, top left"] * 2
+    images = render_captions(caps, torch.tensor([1.0, 0.0]), seed=0)
+    t = torch.zeros(2, dtype=torch.long)
+    utility = resolve_scorer(build_config(overrides={"scorer.source": "shapes-utility"})).score(images, caps, t)
+    torch.testing.assert_close(utility, 10 * preference_utility(images, caps))
+    assert utility[0] > utility[1] + 1  # clean beats ruined by more than a tenth of the scale
+    taste = resolve_scorer(build_config(overrides={"scorer.source": "shapes-aesthetic"})).score(images, caps, t)
+    torch.testing.assert_close(taste, aesthetic(images))

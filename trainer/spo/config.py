@@ -29,7 +29,7 @@ class ModelConfig:
 @dataclass
 class ScorerConfig:
     source: str = "shapes-spm"
-    """SPM file/dir (.bin, .safetensors, our format), or shapes-spm | shapes-preference | shapes-aesthetic"""
+    """SPM file/dir (.bin, .safetensors, our format), or shapes-spm | shapes-preference | shapes-aesthetic | shapes-utility (ground truth: the rater's utility ×10)"""
     score_timestep: str = "candidate"
     """candidate: score x̂0 at the candidate's timestep (step-aware) | zero: always at t=0"""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..models import DiffusionModel, load_model
 from .config import ConfigError, SPOConfig
 
-SHAPES_SCORERS = ("shapes-spm", "shapes-preference", "shapes-aesthetic")
+SHAPES_SCORERS = ("shapes-spm", "shapes-preference", "shapes-aesthetic", "shapes-utility")
 
 
 def shapes_weights(part: str) -> Path:
@@ -41,6 +41,10 @@ def resolve_scorer(cfg: SPOConfig, device="cpu"):
         from ..shapes import AestheticScore
 
         return AestheticScore()
+    if source == "shapes-utility":
+        from ..shapes import CombinedScore
+
+        return _Scaled(CombinedScore(), 10.0)
     from ..spm import load_spm
 
     if source in ("shapes-spm", "shapes-preference"):
@@ -70,3 +74,14 @@ def resolve_prompts(cfg: SPOConfig) -> list[str]:
     if not prompts:
         raise ConfigError(f"--prompts: {cfg.prompts} holds no prompts")
     return prompts
+
+
+class _Scaled:
+    """A scorer times a constant: the rater's 0–1 utility on the 0–10 scale of the aesthetic, so one
+    pair threshold (a gap of softmax probabilities) means the same for both ground-truth rewards."""
+
+    def __init__(self, scorer, factor: float):
+        self.scorer, self.factor = scorer, factor
+
+    def score(self, images, prompts, timesteps):
+        return self.factor * self.scorer.score(images, prompts, timesteps)
