@@ -64,6 +64,17 @@ def test_short_run_writes_a_kohya_lora_that_diffusers_applies_identically(short_
     torch.testing.assert_close(theirs, ours, atol=2e-3, rtol=0)  # ...and diffusers reproduces it (fp16 file)
 
 
+def test_report_alignment_is_the_product_of_its_terms(short_run):
+    from trainer.shapes import alignment, heldout_captions
+    from trainer.spo.report import evaluate_shapes
+
+    caps = heldout_captions()[:2]
+    ev = evaluate_shapes(short_run[1]["model"], caps, seeds=2)
+    torch.testing.assert_close(ev["shape"] * ev["colour"] * ev["background"] * ev["position"], ev["alignment"])
+    torch.testing.assert_close(ev["alignment"], alignment(ev["images"], [c for c in caps for _ in range(2)]))
+    assert ev["images"].shape[0] == 4 and ev["shape"].shape == (4,)
+
+
 # The default run at half its cost: candidates branch only at the last 8 of 20 steps (where the
 # SPM is most accurate), at a larger step; everything else as `python -m trainer.spo` (the shipped
 # SPM as the only teacher, held-out captions, fixed seeds). Two epochs of the full default gain nothing measurable.
@@ -78,6 +89,8 @@ def test_short_default_training_raises_heldout_aesthetic(tmp_path):
     change = report["table"]["metrics"]["aesthetic"]["paired_change"]
     assert change[1] > 0, f"paired aesthetic change {change} does not exclude zero"
     assert (tmp_path / "quick" / "before_after.png").is_file()
+    assert set(report["table"]["metrics"]) == {"aesthetic", "alignment", "shape", "colour", "background", "position"}
+    assert "| · shape |" in report["markdown"]
 
 
 @pytest.mark.slow

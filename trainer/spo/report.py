@@ -34,19 +34,27 @@ def validation_grid(model: DiffusionModel, prompts: Sequence[str], path: Path, n
     return _save_grid([before, after], path, ["base", "SPO"])
 
 
+ALIGNMENT_TERMS = ("shape", "colour", "background", "position")
+
+
 def evaluate_shapes(model: DiffusionModel, captions: Sequence[str], seeds: int, batch: int = 32) -> dict[str, torch.Tensor]:
-    """Ground-truth aesthetic and alignment of fixed-seed samples: each caption × seeds 0..seeds-1."""
-    from ..shapes import aesthetic, alignment
+    """Ground-truth aesthetic, alignment and its four terms (Tensor[N] each) of fixed-seed samples:
+    each caption × seeds 0..seeds-1; "images" Tensor[N, 3, H, W]."""
+    from ..shapes import aesthetic
+    from ..shapes.truth import alignment_terms
 
     pairs = [(c, s) for c in captions for s in range(seeds)]
-    aes, ali, images = [], [], []
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("aesthetic", "alignment", *ALIGNMENT_TERMS, "images")}
     for i in range(0, len(pairs), batch):
         chunk = pairs[i : i + batch]
         imgs = sample_images(model, [c for c, _ in chunk], [10_000 + s for _, s in chunk])
-        aes.append(aesthetic(imgs))
-        ali.append(alignment(imgs, [c for c, _ in chunk]))
-        images.append(imgs)
-    return {"aesthetic": torch.cat(aes), "alignment": torch.cat(ali), "images": torch.cat(images)}
+        terms = alignment_terms(imgs, [c for c, _ in chunk])
+        parts["aesthetic"].append(aesthetic(imgs))
+        parts["alignment"].append(terms.total())
+        for k in ALIGNMENT_TERMS:
+            parts[k].append(getattr(terms, k))
+        parts["images"].append(imgs)
+    return {k: torch.cat(v) for k, v in parts.items()}
 
 
 def shapes_report(model: DiffusionModel, out: Path, seeds: int = 4) -> dict:
@@ -64,12 +72,14 @@ def shapes_report(model: DiffusionModel, out: Path, seeds: int = 4) -> dict:
         "| metric | before (base) | after (SPO LoRA) | change |",
         "|---|---|---|---|",
     ]
-    for name in ("aesthetic", "alignment"):
+    # The four alignment terms show which attribute a run trades away when alignment drops.
+    for name in ("aesthetic", "alignment", *ALIGNMENT_TERMS):
         b, a = mean_ci95(before[name]), mean_ci95(after[name])
         d = mean_ci95(after[name] - before[name])  # paired: same caption and seed
         table["metrics"][name] = {"before": b, "after": a, "paired_change": d}
+        label = name if name in ("aesthetic", "alignment") else f"· {name}"
         lines.append(
-            f"| {name} | {b[0]:.3f} [{b[1]:.3f}, {b[2]:.3f}] | {a[0]:.3f} [{a[1]:.3f}, {a[2]:.3f}] "
+            f"| {label} | {b[0]:.3f} [{b[1]:.3f}, {b[2]:.3f}] | {a[0]:.3f} [{a[1]:.3f}, {a[2]:.3f}] "
             f"| {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] |"
         )
     markdown = "\n".join(lines) + "\n"
