@@ -69,3 +69,28 @@ def test_build_unet_steps_flag_reaches_the_config_and_rejects_nonsense(monkeypat
     with pytest.raises(SystemExit):
         build.main(["--stage", "world", "--unet-steps", "0", "--scratch", str(tmp_path)])
     assert "--unet-steps must be at least 1" in capsys.readouterr().err
+
+
+def test_unet_second_phase_continues_the_model_draws_by_weight_and_keeps_a_frozen_text_tower(monkeypatch):
+    from transformers import CLIPTextModel
+
+    from trainer.shapes import train_unet as module
+
+    torch.manual_seed(0)
+    text = CLIPTextModel(clip_config().text_config)
+    latents = torch.randn(6, 4, 16, 16)
+    tokens = torch.randint(0, text.config.vocab_size, (3, 16))
+    args = (latents, torch.full_like(latents, 0.1), torch.tensor([0, 1, 2, 0, 1, 2]), tokens)
+    first, text = train_unet(*args, text, tokens[0], 0.5, steps=2, seed=0, batch=4, log=lambda m: None)
+    start = {k: v.clone() for k, v in first.state_dict().items()}
+    text_before = {k: v.clone() for k, v in text.state_dict().items()}
+    drawn = []
+    real = torch.multinomial
+    monkeypatch.setattr(module.torch, "multinomial", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    weight = torch.tensor([0.0, 1.0, 0.0, 0.0, 3.0, 0.0])
+    second, text = train_unet(*args, text, tokens[0], 0.5, steps=3, seed=1, batch=8, text_lr=0.0, init_unet=first,
+                              sample_weight=weight, log=lambda m: None)
+    assert second is first  # continued, not re-initialised
+    assert any(not torch.equal(v, start[k]) for k, v in second.state_dict().items())
+    assert all(torch.equal(v, text_before[k]) for k, v in text.state_dict().items())
+    assert len(drawn) == 3 and set(torch.cat(drawn).tolist()) <= {1, 4}  # only images with weight > 0

@@ -28,12 +28,13 @@ def encode_latents(vae, data: RenderedSet, chunk: int = 256) -> tuple[torch.Tens
 def train_unet(latent_mean, latent_std, caption_ids, caption_tokens, text_encoder, uncond_tokens,
                scaling_factor: float, steps: int, seed: int, checkpoint: Path | None = None, batch: int = 64,
                lr: float = 8e-4, text_lr: float = 2e-4, dropout: float = 0.1, v_weight_cap: float = 30.0,
-               offset_noise: float = 0.15, log=print):
+               offset_noise: float = 0.15, init_unet=None, sample_weight: torch.Tensor | None = None, log=print):
     """Train a UNet2DConditionModel and fine-tune `text_encoder` with it; returns (unet, text_encoder).
 
     latent_*: Tensor[N, 4, 16, 16] unscaled; caption_ids Tensor[N] into caption_tokens Tensor[C, L];
     uncond_tokens Tensor[L] (the empty caption). Resumes from `checkpoint` if it exists and saves it
-    every 250 steps.
+    every 250 steps. init_unet: continue from this UNet instead of a fresh one (a second phase);
+    sample_weight: Tensor[N] ≥ 0, draw training images in proportion to it instead of uniformly.
 
     The text tower trains with the UNet because ShapesWorld's contrastive CLIP is too small to learn
     shape and position from 13k renders: frozen, its states barely tell "square" from "circle" and
@@ -50,7 +51,8 @@ def train_unet(latent_mean, latent_std, caption_ids, caption_tokens, text_encode
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    unet = UNet2DConditionModel(**unet_config())
+    unet = UNet2DConditionModel(**unet_config()) if init_unet is None else init_unet
+    unet.requires_grad_(True).train()
     text_encoder.requires_grad_(True).train()
     alphas = DDIMScheduler(**scheduler_config()).alphas_cumprod.float()
     opt = torch.optim.AdamW([{"params": unet.parameters(), "lr": lr},
@@ -69,7 +71,10 @@ def train_unet(latent_mean, latent_std, caption_ids, caption_tokens, text_encode
     start = time.time()
     n = latent_mean.shape[0]
     for step in range(first, steps):
-        idx = torch.randint(n, (batch,), generator=g)
+        if sample_weight is None:
+            idx = torch.randint(n, (batch,), generator=g)
+        else:
+            idx = torch.multinomial(sample_weight, batch, replacement=True, generator=g)
         x0 = (latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=g)) * scaling_factor
         t = torch.randint(0, 1000, (batch,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
