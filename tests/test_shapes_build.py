@@ -64,11 +64,15 @@ def test_build_unet_steps_flag_reaches_the_config_and_rejects_nonsense(monkeypat
 
     seen = {}
     monkeypatch.setattr(build, "stage_world", lambda cfg, out, scratch: seen.setdefault("cfg", cfg) and {})
-    build.main(["--stage", "world", "--quick", "--unet-steps", "7", "--scratch", str(tmp_path)])
+    build.main(["--stage", "world", "--quick", "--unet-steps", "7", "--unet-phase2-steps", "3", "--scratch", str(tmp_path)])
     assert seen["cfg"].unet_steps == 7 and seen["cfg"].clip_steps == build.QUICK.clip_steps
+    assert seen["cfg"].unet_phase2_steps == 3 and build.FULL.unet_phase2_steps == 0  # off for the shipped weights
     with pytest.raises(SystemExit):
         build.main(["--stage", "world", "--unet-steps", "0", "--scratch", str(tmp_path)])
     assert "--unet-steps must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build.main(["--stage", "world", "--unet-phase2-steps", "-1", "--scratch", str(tmp_path)])
+    assert "--unet-phase2-steps must be at least 0" in capsys.readouterr().err
 
 
 def test_unet_second_phase_continues_the_model_draws_by_weight_and_keeps_a_frozen_text_tower(monkeypatch):

@@ -41,6 +41,12 @@ class BuildConfig:
     unet_text_lr: float = 2e-4  # the text tower trains with the UNet (see train_unet)
     unet_v_weight_cap: float = 30.0
     unet_offset_noise: float = 0.15
+    # Optional second UNet phase: renders drawn with weight (1 − quality), mostly mediocre pictures as
+    # on the web. A 16,000-step model trained on U(0, 1) quality alone samples close to the best the
+    # VAE can decode, leaving preference tuning little to find (docs/shapes-16k-base.md). 0 = off,
+    # as for the shipped weights.
+    unet_phase2_steps: int = 0
+    unet_phase2_lr: float = 2e-4
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
     preference_pairs: int = 4800
     preference_steps: int = 500
@@ -49,8 +55,8 @@ class BuildConfig:
 
 
 FULL = BuildConfig()
-QUICK = BuildConfig(renders_per_caption=2, clip_steps=20, vae_steps=20, vae_decoder_steps=10, unet_steps=20, eval_seeds=(0,),
-                    preference_pairs=256, preference_steps=20, spm_steps=4)
+QUICK = BuildConfig(renders_per_caption=2, clip_steps=20, vae_steps=20, vae_decoder_steps=10, unet_steps=20,
+                    unet_phase2_steps=10, eval_seeds=(0,), preference_pairs=256, preference_steps=20, spm_steps=4)
 STAGES = ("world", "pipeline", "preference", "spm")
 
 
@@ -148,6 +154,12 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
         scaling, cfg.unet_steps, seed=cfg.seed + 3, checkpoint=scratch / "unet_text_checkpoint.pt",
         batch=cfg.unet_batch, lr=cfg.unet_lr, text_lr=cfg.unet_text_lr, v_weight_cap=cfg.unet_v_weight_cap,
         offset_noise=cfg.unet_offset_noise, log=_log)
+    if cfg.unet_phase2_steps:
+        unet, text_encoder = train_unet(
+            mean, std, data.caption_ids, tokenize(tokenizer, data.captions), text_encoder, tokenize(tokenizer, [""])[0],
+            scaling, cfg.unet_phase2_steps, seed=cfg.seed + 7, checkpoint=scratch / "unet_phase2_checkpoint.pt",
+            batch=cfg.unet_batch, lr=cfg.unet_phase2_lr, text_lr=0.0, v_weight_cap=cfg.unet_v_weight_cap,
+            offset_noise=cfg.unet_offset_noise, init_unet=unet, sample_weight=1 - data.quality, log=_log)
     timings["unet_s"] = time.time() - t0
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -172,9 +184,9 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     return {"training_images": int(data.images.shape[0]), "vae_scaling_factor": scaling, "parameters": params,
             "vae_reconstruction": recon,
             "seeds": {"render": cfg.seed, "clip": cfg.seed + 1, "vae": cfg.seed + 2, "vae_decoder": cfg.seed + 4,
-                      "unet_and_text_encoder": cfg.seed + 3},
+                      "unet_and_text_encoder": cfg.seed + 3, "unet_phase2": cfg.seed + 7},
             "steps": {"clip": cfg.clip_steps, "vae": cfg.vae_steps, "vae_decoder": cfg.vae_decoder_steps,
-                      "unet_and_text_encoder": cfg.unet_steps},
+                      "unet_and_text_encoder": cfg.unet_steps, "unet_phase2 (weight 1 - quality, text tower frozen)": cfg.unet_phase2_steps},
             "seconds": {k: round(v, 1) for k, v in timings.items()},
             "reused_from_scratch_checkpoints": reused, "heldout_eval": report,
             "caption_sensitivity_xhat0_mse_by_t (64 training captions; see evaluate.caption_sensitivity)": sensitivity}
@@ -216,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scratch", type=Path, default=None, help="checkpoints and intermediates (default: a temp dir)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
     parser.add_argument("--unet-steps", type=int, default=None, help=f"UNet + text tower steps (default {FULL.unet_steps})")
+    parser.add_argument("--unet-phase2-steps", type=int, default=None,
+                        help="steps of a second UNet phase on mostly mediocre renders (default 0: none)")
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     if args.threads:
@@ -224,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.unet_steps < 1:
             parser.error(f"--unet-steps must be at least 1, got {args.unet_steps}")
         cfg = dataclasses.replace(cfg, unet_steps=args.unet_steps)
+    if args.unet_phase2_steps is not None:
+        if args.unet_phase2_steps < 0:
+            parser.error(f"--unet-phase2-steps must be at least 0, got {args.unet_phase2_steps}")
+        cfg = dataclasses.replace(cfg, unet_phase2_steps=args.unet_phase2_steps)
     scratch = args.scratch or Path(tempfile.gettempdir()) / ("shapes_build_quick" if args.quick else "shapes_build")
     out = args.out or (scratch / "weights" if args.quick else WEIGHTS)
     out.mkdir(parents=True, exist_ok=True)
