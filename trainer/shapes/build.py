@@ -149,17 +149,16 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     # transformers ≥ 5 flattens CLIPTextModel (no .text_model); older versions nest it.
     getattr(text_encoder, "text_model", text_encoder).load_state_dict(clip.text_model.state_dict())
     mean, std = encode_latents(vae, data)
+    tokens, uncond = tokenize(tokenizer, data.captions), tokenize(tokenizer, [""])[0]
+    shared = dict(batch=cfg.unet_batch, v_weight_cap=cfg.unet_v_weight_cap, offset_noise=cfg.unet_offset_noise, log=_log)
     unet, text_encoder = train_unet(
-        mean, std, data.caption_ids, tokenize(tokenizer, data.captions), text_encoder, tokenize(tokenizer, [""])[0],
-        scaling, cfg.unet_steps, seed=cfg.seed + 3, checkpoint=scratch / "unet_text_checkpoint.pt",
-        batch=cfg.unet_batch, lr=cfg.unet_lr, text_lr=cfg.unet_text_lr, v_weight_cap=cfg.unet_v_weight_cap,
-        offset_noise=cfg.unet_offset_noise, log=_log)
+        mean, std, data.caption_ids, tokens, text_encoder, uncond, scaling, cfg.unet_steps, seed=cfg.seed + 3,
+        checkpoint=scratch / "unet_text_checkpoint.pt", lr=cfg.unet_lr, text_lr=cfg.unet_text_lr, **shared)
     if cfg.unet_phase2_steps:
         unet, text_encoder = train_unet(
-            mean, std, data.caption_ids, tokenize(tokenizer, data.captions), text_encoder, tokenize(tokenizer, [""])[0],
-            scaling, cfg.unet_phase2_steps, seed=cfg.seed + 7, checkpoint=scratch / "unet_phase2_checkpoint.pt",
-            batch=cfg.unet_batch, lr=cfg.unet_phase2_lr, text_lr=0.0, v_weight_cap=cfg.unet_v_weight_cap,
-            offset_noise=cfg.unet_offset_noise, init_unet=unet, sample_weight=1 - data.quality, log=_log)
+            mean, std, data.caption_ids, tokens, text_encoder, uncond, scaling, cfg.unet_phase2_steps, seed=cfg.seed + 7,
+            checkpoint=scratch / "unet_phase2_checkpoint.pt", lr=cfg.unet_phase2_lr, text_lr=0.0, init_unet=unet,
+            sample_weight=1 - data.quality, **shared)
     timings["unet_s"] = time.time() - t0
 
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,

@@ -77,7 +77,7 @@ def shapes_report(model: DiffusionModel, out: Path, seeds: int = 4) -> dict:
         b, a = mean_ci95(before[name]), mean_ci95(after[name])
         d = mean_ci95(after[name] - before[name])  # paired: same caption and seed
         table["metrics"][name] = {"before": b, "after": a, "paired_change": d}
-        label = name if name in ("aesthetic", "alignment") else f"· {name}"
+        label = f"· {name}" if name in ALIGNMENT_TERMS else name
         lines.append(
             f"| {label} | {b[0]:.3f} [{b[1]:.3f}, {b[2]:.3f}] | {a[0]:.3f} [{a[1]:.3f}, {a[2]:.3f}] "
             f"| {d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}] |"
