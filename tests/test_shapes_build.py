@@ -57,22 +57,29 @@ def test_clip_batches_share_colours_so_shape_and_position_matter(monkeypatch, tm
         assert len({s.caption for s in scenes}) == 16  # distinct captions: no colliding positives
 
 
-def test_build_unet_steps_flag_reaches_the_config_and_rejects_nonsense(monkeypatch, tmp_path, capsys):
+def test_build_size_flags_reach_the_config_and_reject_nonsense(monkeypatch, tmp_path, capsys):
     import pytest
 
     from trainer.shapes import build
 
     seen = {}
-    monkeypatch.setattr(build, "stage_world", lambda cfg, out, scratch: seen.setdefault("cfg", cfg) and {})
+    monkeypatch.setattr(build, "stage_world", lambda cfg, out, scratch: seen.update(cfg=cfg) or {})
     build.main(["--stage", "world", "--quick", "--unet-steps", "7", "--unet-phase2-steps", "3", "--scratch", str(tmp_path)])
     assert seen["cfg"].unet_steps == 7 and seen["cfg"].clip_steps == build.QUICK.clip_steps
     assert seen["cfg"].unet_phase2_steps == 3 and build.FULL.unet_phase2_steps == 0  # off for the shipped weights
+    build.main(["--stage", "world", "--preference-sample-pairs", "9", "--preference-steps", "11", "--scratch", str(tmp_path),
+                "--out", str(tmp_path / "weights")])
+    assert (seen["cfg"].preference_sample_pairs, seen["cfg"].preference_steps) == (9, 11)
+    assert seen["cfg"].unet_steps == build.FULL.unet_steps and build.FULL.preference_sample_pairs == 0
     with pytest.raises(SystemExit):
         build.main(["--stage", "world", "--unet-steps", "0", "--scratch", str(tmp_path)])
     assert "--unet-steps must be at least 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build.main(["--stage", "world", "--unet-phase2-steps", "-1", "--scratch", str(tmp_path)])
     assert "--unet-phase2-steps must be at least 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build.main(["--stage", "world", "--preference-sample-pairs", "-2", "--scratch", str(tmp_path)])
+    assert "--preference-sample-pairs must be at least 0, got -2" in capsys.readouterr().err
 
 
 def test_unet_second_phase_continues_the_model_draws_by_weight_and_keeps_a_frozen_text_tower(monkeypatch):

@@ -48,7 +48,10 @@ class BuildConfig:
     unet_phase2_steps: int = 0
     unet_phase2_lr: float = 2e-4
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
-    preference_pairs: int = 4800
+    preference_pairs: int = 4800  # pairs of renders
+    # Pairs of the base pipeline's own samples (~0.2 s each on 2 cores). A preference model trained on
+    # renders alone ranks the base model's samples at chance (docs/shapes-16k-base.md).
+    preference_sample_pairs: int = 0
     preference_steps: int = 500
     spm_steps: int = 300  # 0: the `shapes` preset's own step count
     threads: int = 2
@@ -56,7 +59,8 @@ class BuildConfig:
 
 FULL = BuildConfig()
 QUICK = BuildConfig(renders_per_caption=2, clip_steps=20, vae_steps=20, vae_decoder_steps=10, unet_steps=20,
-                    unet_phase2_steps=10, eval_seeds=(0,), preference_pairs=256, preference_steps=20, spm_steps=4)
+                    unet_phase2_steps=10, eval_seeds=(0,), preference_pairs=256, preference_sample_pairs=32,
+                    preference_steps=20, spm_steps=4)
 STAGES = ("world", "pipeline", "preference", "spm")
 
 
@@ -226,21 +230,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: the shipped weights dir)")
     parser.add_argument("--scratch", type=Path, default=None, help="checkpoints and intermediates (default: a temp dir)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
-    parser.add_argument("--unet-steps", type=int, default=None, help=f"UNet + text tower steps (default {FULL.unet_steps})")
-    parser.add_argument("--unet-phase2-steps", type=int, default=None,
-                        help="steps of a second UNet phase on mostly mediocre renders (default 0: none)")
+    # Sizes a rebuild may change: (flag's field, minimum, help)
+    sizes = (("unet_steps", 1, f"UNet + text tower steps (default {FULL.unet_steps})"),
+             ("unet_phase2_steps", 0, "steps of a second UNet phase on mostly mediocre renders (default 0: none)"),
+             ("preference_pairs", 1, f"preference pairs of renders (default {FULL.preference_pairs})"),
+             ("preference_sample_pairs", 0, "preference pairs of the base pipeline's samples (default 0: none)"),
+             ("preference_steps", 1, f"preference model steps (default {FULL.preference_steps})"))
+    for name, _, help_ in sizes:
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=help_)
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     if args.threads:
         cfg = dataclasses.replace(cfg, threads=args.threads)
-    if args.unet_steps is not None:
-        if args.unet_steps < 1:
-            parser.error(f"--unet-steps must be at least 1, got {args.unet_steps}")
-        cfg = dataclasses.replace(cfg, unet_steps=args.unet_steps)
-    if args.unet_phase2_steps is not None:
-        if args.unet_phase2_steps < 0:
-            parser.error(f"--unet-phase2-steps must be at least 0, got {args.unet_phase2_steps}")
-        cfg = dataclasses.replace(cfg, unet_phase2_steps=args.unet_phase2_steps)
+    for name, least, _ in sizes:
+        value = getattr(args, name)
+        if value is not None:
+            if value < least:
+                parser.error(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
+            cfg = dataclasses.replace(cfg, **{name: value})
     scratch = args.scratch or Path(tempfile.gettempdir()) / ("shapes_build_quick" if args.quick else "shapes_build")
     out = args.out or (scratch / "weights" if args.quick else WEIGHTS)
     out.mkdir(parents=True, exist_ok=True)

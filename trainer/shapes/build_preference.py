@@ -1,5 +1,6 @@
 """Build stages "preference" (PickScore-style CLIP on generic labels) and "spm" (its step-aware
-version, trained by the project's SPM trainer as a user would run it)."""
+version, trained by the project's SPM trainer as a user would run it). With
+`preference_sample_pairs` both need the pipeline stage first: those pairs are its own samples."""
 from __future__ import annotations
 
 import json
@@ -12,14 +13,40 @@ from pathlib import Path
 PAIRS_TRAIN, PAIRS_EVAL = "pairs_train", "pairs_eval"
 
 
-def _pairs(cfg, scratch: Path, log):
-    """Train/eval pairs (deterministic from the seed) and their Pick-a-Pic-layout directories."""
-    from .preference_data import make_pairs, write_pairs
+def _pairs(cfg, out: Path, scratch: Path, log):
+    """Train/eval pairs (deterministic from the seed) and their Pick-a-Pic-layout directories.
+
+    Two kinds, both labelled by the same noisy rater: renders at random quality (some with one
+    attribute wrong) and, if asked for, pairs of the shipped base pipeline's own samples.
+    Returns (train, {"renders": eval[, "samples": eval]}); sampled pairs are cached in `scratch`
+    (minutes to make).
+    """
+    from dataclasses import asdict
+
+    import torch
+
+    from .preference_data import Pairs, concat, make_pairs, sample_pairs, write_pairs
     from .world import heldout_captions, train_captions
 
     train = make_pairs(train_captions(), cfg.preference_pairs, seed=cfg.seed + 10)
-    evals = make_pairs(heldout_captions(), max(64, cfg.preference_pairs // 24), seed=cfg.seed + 11)
-    for name, pairs in ((PAIRS_TRAIN, train), (PAIRS_EVAL, evals)):
+    evals = {"renders": make_pairs(heldout_captions(), max(64, cfg.preference_pairs // 24), seed=cfg.seed + 11)}
+    if cfg.preference_sample_pairs:
+        cache = scratch / f"sample_pairs_{cfg.preference_sample_pairs}_seed{cfg.seed}.pt"
+        if cache.exists():
+            sampled = {k: Pairs(**v) for k, v in torch.load(cache).items()}
+        else:
+            from diffusers import StableDiffusionPipeline
+
+            pipe = StableDiffusionPipeline.from_pretrained(str(out / "pipeline"), safety_checker=None)
+            pipe.set_progress_bar_config(disable=True)
+            log(f"sampling {cfg.preference_sample_pairs} pairs from {out / 'pipeline'}")
+            sampled = {"train": sample_pairs(pipe, train_captions(), cfg.preference_sample_pairs, seed=cfg.seed + 30),
+                       "eval": sample_pairs(pipe, heldout_captions(), max(64, cfg.preference_sample_pairs // 8),
+                                            seed=cfg.seed + 31)}
+            torch.save({k: asdict(v) for k, v in sampled.items()}, cache)
+        train, evals["samples"] = concat(train, sampled["train"]), sampled["eval"]
+    all_evals = evals["renders"] if len(evals) == 1 else concat(evals["renders"], evals["samples"])
+    for name, pairs in ((PAIRS_TRAIN, train), (PAIRS_EVAL, all_evals)):
         if not (scratch / name / "metadata.jsonl").exists():
             write_pairs(pairs, scratch / name)
             log(f"wrote {len(pairs.captions)} pairs to {scratch / name}")
@@ -32,17 +59,18 @@ def stage_preference(cfg, out: Path, scratch: Path, log) -> dict:
     from .train_preference import pair_accuracy, train_preference
 
     t0 = time.time()
-    train, evals = _pairs(cfg, scratch, log)
+    train, evals = _pairs(cfg, out, scratch, log)
     t_pairs = time.time() - t0
     clip_dir = out / "clip"
     model = CLIPModel.from_pretrained(str(clip_dir))
     tokenizer = CLIPTokenizer.from_pretrained(str(clip_dir))
-    before = pair_accuracy(model.eval(), tokenizer, evals)
+    before = {k: pair_accuracy(model.eval(), tokenizer, v) for k, v in evals.items()}
     t0 = time.time()
     model = train_preference(model, tokenizer, train, cfg.preference_steps, seed=cfg.seed + 12, log=log)
     t_train = time.time() - t0
-    after = pair_accuracy(model, tokenizer, evals)
-    after_train = pair_accuracy(model, tokenizer, train.__class__(*(getattr(train, f)[:2000] for f in
+    after = {k: pair_accuracy(model, tokenizer, v) for k, v in evals.items()}
+    every = max(1, len(train.captions) // 2000)  # a strided subset spans both kinds of pair
+    after_train = pair_accuracy(model, tokenizer, train.__class__(*(getattr(train, f)[::every] for f in
                                 ("captions", "images_0", "images_1", "label_0", "utility_0", "utility_1"))))
     dst = out / "preference"
     model.save_pretrained(str(dst))
@@ -51,23 +79,27 @@ def stage_preference(cfg, out: Path, scratch: Path, log) -> dict:
     for name in ("vocab.json", "merges.txt"):  # slow-tokenizer files for transformers < 5
         if (clip_dir / name).exists():
             shutil.copyfile(clip_dir / name, dst / name)
-    decided = evals.label_0 != 0.5
-    oracle = ((evals.utility_0 > evals.utility_1).float() == evals.label_0)[decided].float().mean()
-    log(f"preference accuracy on held-out pairs: before {before['accuracy_vs_labels']:.3f}, after "
-        f"{after['accuracy_vs_labels']:.3f} (noise-free rater {float(oracle):.3f})")
-    return {"train_pairs": len(train.captions), "eval_pairs": f"{len(evals.captions)} pairs on held-out captions",
-            "seeds": {"train_pairs": cfg.seed + 10, "eval_pairs": cfg.seed + 11, "training": cfg.seed + 12},
+    oracle = {}
+    for k, v in evals.items():
+        decided = v.label_0 != 0.5
+        oracle[k] = float(((v.utility_0 > v.utility_1).float() == v.label_0)[decided].float().mean())
+        log(f"preference accuracy on held-out {k} pairs: before {before[k]['accuracy_vs_labels']:.3f}, after "
+            f"{after[k]['accuracy_vs_labels']:.3f} (noise-free rater {oracle[k]:.3f})")
+    return {"train_pairs": {"renders": cfg.preference_pairs, "base_model_samples": cfg.preference_sample_pairs},
+            "eval_pairs": {k: f"{len(v.captions)} pairs on held-out captions" for k, v in evals.items()},
+            "seeds": {"train_pairs": cfg.seed + 10, "eval_pairs": cfg.seed + 11, "sampled_train_pairs": cfg.seed + 30,
+                      "sampled_eval_pairs": cfg.seed + 31, "training": cfg.seed + 12},
             "steps": cfg.preference_steps, "init": "clip (contrastive pretraining)",
             "seconds": {"pairs": round(t_pairs, 1), "train": round(t_train, 1)},
             "accuracy_before": before, "accuracy_after": after, "accuracy_on_train_pairs": after_train,
-            "noise_free_rater_accuracy_vs_labels": float(oracle),
+            "noise_free_rater_accuracy_vs_labels": oracle,
             "label_mix": "0.6 * aesthetic/10 + 0.4 * alignment, sigmoid temperature 0.05, tie below 0.02"}
 
 
 def stage_spm(cfg, out: Path, scratch: Path, log) -> dict:
     """Runs `python -m trainer.spm train --preset shapes` on the same pairs, then ships its result."""
     if not (scratch / PAIRS_TRAIN / "metadata.jsonl").exists():
-        _pairs(cfg, scratch, log)
+        _pairs(cfg, out, scratch, log)
     run = scratch / "spm_run"
     cmd = [sys.executable, "-m", "trainer.spm", "train", "--preset", "shapes", "--base-model", str(out / "pipeline"),
            "--init", str(out / "preference"), "--data", str(scratch / PAIRS_TRAIN), "--eval-data",

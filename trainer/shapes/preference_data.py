@@ -66,6 +66,12 @@ def make_pairs(captions: list[str], n: int, seed: int, misaligned: float = 0.3, 
     return Pairs(caps, cat["x0"], cat["x1"], cat["l0"], cat["u0"], cat["u1"])
 
 
+def concat(a: Pairs, b: Pairs) -> Pairs:
+    """The pairs of a, then those of b."""
+    return Pairs(a.captions + b.captions, *(torch.cat([getattr(a, k), getattr(b, k)]) for k in
+                                            ("images_0", "images_1", "label_0", "utility_0", "utility_1")))
+
+
 def write_pairs(pairs: Pairs, out_dir: str | Path) -> Path:
     """Write as a Pick-a-Pic-layout directory (metadata.jsonl + PNGs) with the SPM package's writer."""
     from trainer.spm.data import write_pickapic_dir
@@ -73,3 +79,31 @@ def write_pairs(pairs: Pairs, out_dir: str | Path) -> Path:
     rows = ({"caption": c, "jpg_0": pairs.images_0[i], "jpg_1": pairs.images_1[i], "label_0": float(pairs.label_0[i]),
              "label_1": 1.0 - float(pairs.label_0[i])} for i, c in enumerate(pairs.captions))
     return write_pickapic_dir(rows, out_dir)
+
+
+@torch.no_grad()
+def sample_pairs(pipe, captions: list[str], n: int, seed: int, steps: int = 10, batch: int = 128) -> Pairs:
+    """n pairs of two samples of the base pipeline for one caption (DDIM, different seeds), labelled
+    by the same noisy rater: what Pick-a-Pic is, images of the models it then teaches to rank.
+
+    Renders alone show the world's exact colours and outlines; the base model's samples are softer,
+    with hues between colours and shapes between outlines, and it is among those that the SPO
+    trainer's preference model has to choose.
+    """
+    from .evaluate import sample_pipeline
+
+    g = torch.Generator().manual_seed(seed)
+    caps = [captions[i] for i in torch.randint(len(captions), (n,), generator=g).tolist()]
+    seeds = torch.randint(2**31 - 1, (n, 2), generator=g).tolist()
+    x0, x1 = [], []
+    for a in range(0, n, batch // 2):
+        chunk = caps[a:a + batch // 2]
+        prompts = [c for c in chunk for _ in range(2)]
+        gens = [torch.Generator().manual_seed(s) for pair in seeds[a:a + batch // 2] for s in pair]
+        x = pipe(prompts, num_inference_steps=steps, guidance_scale=5.0, generator=gens, output_type="pt",
+                 height=64, width=64).images.float() * 2 - 1
+        x0.append(x[0::2])
+        x1.append(x[1::2])
+    x0, x1 = torch.cat(x0), torch.cat(x1)
+    u0, u1 = preference_utility(x0, caps), preference_utility(x1, caps)
+    return Pairs(caps, x0, x1, label_from_utilities(u0, u1, g), u0, u1)
