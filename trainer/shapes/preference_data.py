@@ -83,15 +83,15 @@ def write_pairs(pairs: Pairs, out_dir: str | Path) -> Path:
 
 @torch.no_grad()
 def sample_pairs(pipe, captions: list[str], n: int, seed: int, steps: int = 10, batch: int = 128) -> Pairs:
-    """n pairs of two samples of the base pipeline for one caption (DDIM, different seeds), labelled
-    by the same noisy rater: what Pick-a-Pic is, images of the models it then teaches to rank.
+    """n pairs of two samples of the base pipeline for one caption (DDIM, η = 0, `steps` steps, two
+    seeds), labelled by the same noisy rater. Images Tensor[n, 3, 64, 64] in [−1, 1].
+
+    Pick-a-Pic's pairs, too, are images of the models its preference models then rank.
 
     Renders alone show the world's exact colours and outlines; the base model's samples are softer,
     with hues between colours and shapes between outlines, and it is among those that the SPO
     trainer's preference model has to choose.
     """
-    from .evaluate import sample_pipeline
-
     g = torch.Generator().manual_seed(seed)
     caps = [captions[i] for i in torch.randint(len(captions), (n,), generator=g).tolist()]
     seeds = torch.randint(2**31 - 1, (n, 2), generator=g).tolist()
