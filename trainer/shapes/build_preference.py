@@ -3,6 +3,7 @@ version, trained by the project's SPM trainer as a user would run it). With
 `preference_sample_pairs` both need the pipeline stage first: those pairs are its own samples."""
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -45,7 +46,7 @@ def _pairs(cfg, out: Path, scratch: Path, log):
                                             seed=cfg.seed + 31)}
             torch.save({k: asdict(v) for k, v in sampled.items()}, cache)
         train, evals["samples"] = concat(train, sampled["train"]), sampled["eval"]
-    all_evals = evals["renders"] if len(evals) == 1 else concat(evals["renders"], evals["samples"])
+    all_evals = functools.reduce(concat, evals.values())
     for name, pairs in ((PAIRS_TRAIN, train), (PAIRS_EVAL, all_evals)):
         if not (scratch / name / "metadata.jsonl").exists():
             write_pairs(pairs, scratch / name)
@@ -69,9 +70,8 @@ def stage_preference(cfg, out: Path, scratch: Path, log) -> dict:
     model = train_preference(model, tokenizer, train, cfg.preference_steps, seed=cfg.seed + 12, log=log)
     t_train = time.time() - t0
     after = {k: pair_accuracy(model, tokenizer, v) for k, v in evals.items()}
-    every = max(1, len(train.captions) // 2000)  # a strided subset spans both kinds of pair
-    after_train = pair_accuracy(model, tokenizer, train.__class__(*(getattr(train, f)[::every] for f in
-                                ("captions", "images_0", "images_1", "label_0", "utility_0", "utility_1"))))
+    # about 2,000 train pairs, strided so that they span both kinds of pair
+    after_train = pair_accuracy(model, tokenizer, train.every(max(1, len(train.captions) // 2000)))
     dst = out / "preference"
     model.save_pretrained(str(dst))
     tokenizer.save_pretrained(str(dst))

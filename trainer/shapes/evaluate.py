@@ -9,14 +9,19 @@ from .world import heldout_captions
 
 
 @torch.no_grad()
-def sample_pipeline(pipe, captions: list[str], seeds: list[int], steps: int = 20, guidance: float = 5.0) -> torch.Tensor:
-    """Images Tensor[len(captions) * len(seeds), 3, 64, 64] in [−1, 1]: every caption with every seed,
-    caption-major, DDIM (η = 0) through `StableDiffusionPipeline.__call__`."""
-    prompts = [c for c in captions for _ in seeds]
-    gens = [torch.Generator().manual_seed(s) for _ in captions for s in seeds]
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 5.0) -> torch.Tensor:
+    """Images Tensor[len(prompts), 3, 64, 64] in [−1, 1], prompt i from seed i, DDIM (η = 0) through
+    `StableDiffusionPipeline.__call__`."""
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
     out = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="pt",
                height=64, width=64).images
     return out.float() * 2 - 1
+
+
+def sample_pipeline(pipe, captions: list[str], seeds: list[int], steps: int = 20, guidance: float = 5.0) -> torch.Tensor:
+    """Images Tensor[len(captions) * len(seeds), 3, 64, 64] in [−1, 1]: every caption with every seed,
+    caption-major (see `generate`)."""
+    return generate(pipe, [c for c in captions for _ in seeds], [s for _ in captions for s in seeds], steps, guidance)
 
 
 def heldout_report(pipe, seeds: list[int], captions: list[str] | None = None, steps: int = 20,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .evaluate import generate
 from .render import render
 from .truth import label_from_utilities, preference_utility
 from .world import COLOURS, POSITIONS, SHAPES, Scene, parse_caption
@@ -26,6 +27,12 @@ class Pairs:
     label_0: torch.Tensor
     utility_0: torch.Tensor
     utility_1: torch.Tensor
+
+    TENSORS = ("images_0", "images_1", "label_0", "utility_0", "utility_1")
+
+    def every(self, stride: int) -> "Pairs":
+        """Every `stride`-th pair."""
+        return Pairs(self.captions[::stride], *(getattr(self, k)[::stride] for k in self.TENSORS))
 
 
 def perturb(scene: Scene, generator: torch.Generator) -> Scene:
@@ -68,8 +75,7 @@ def make_pairs(captions: list[str], n: int, seed: int, misaligned: float = 0.3, 
 
 def concat(a: Pairs, b: Pairs) -> Pairs:
     """The pairs of a, then those of b."""
-    return Pairs(a.captions + b.captions, *(torch.cat([getattr(a, k), getattr(b, k)]) for k in
-                                            ("images_0", "images_1", "label_0", "utility_0", "utility_1")))
+    return Pairs(a.captions + b.captions, *(torch.cat([getattr(a, k), getattr(b, k)]) for k in Pairs.TENSORS))
 
 
 def write_pairs(pairs: Pairs, out_dir: str | Path) -> Path:
@@ -97,11 +103,8 @@ def sample_pairs(pipe, captions: list[str], n: int, seed: int, steps: int = 10, 
     seeds = torch.randint(2**31 - 1, (n, 2), generator=g).tolist()
     x0, x1 = [], []
     for a in range(0, n, batch // 2):
-        chunk = caps[a:a + batch // 2]
-        prompts = [c for c in chunk for _ in range(2)]
-        gens = [torch.Generator().manual_seed(s) for pair in seeds[a:a + batch // 2] for s in pair]
-        x = pipe(prompts, num_inference_steps=steps, guidance_scale=5.0, generator=gens, output_type="pt",
-                 height=64, width=64).images.float() * 2 - 1
+        prompts = [c for c in caps[a:a + batch // 2] for _ in range(2)]
+        x = generate(pipe, prompts, [s for pair in seeds[a:a + batch // 2] for s in pair], steps, guidance=5.0)
         x0.append(x[0::2])
         x1.append(x[1::2])
     x0, x1 = torch.cat(x0), torch.cat(x1)
