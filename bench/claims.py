@@ -24,7 +24,6 @@ import json
 import math
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -39,6 +38,8 @@ from trainer.spo.pairs import select_pairs  # noqa: E402
 from trainer.spo.rollout import Transitions  # noqa: E402
 
 from bench.spo_round import CountingUNet  # noqa: E402  (counts calls and UNet evaluations = rows)
+from bench.teachers import Choices  # noqa: E402  (the ground-truth gaps of a scorer's choices)
+from trainer.shapes.truth import preference_utility  # noqa: E402
 
 VARIANTS = {
     "spo": {"scorer.source": "shapes-spm"},
@@ -48,28 +49,6 @@ VARIANTS = {
     "traj-dpo": {"scorer.source": "shapes-spm"},
     "base": {},
 }
-
-
-class Agreement:
-    """Wraps a scorer; for each scored batch, records whether its best-vs-worst choice agrees
-    with the ground truth's on the same images, by timestep."""
-
-    def __init__(self, scorer, k: int):
-        from trainer.shapes import CombinedScore
-
-        self.scorer, self.truth, self.k = scorer, CombinedScore(), k
-        self.by_t = defaultdict(lambda: [0, 0])
-
-    def score(self, images, prompts, timesteps):
-        s = self.scorer.score(images, prompts, timesteps)
-        g = self.truth.score(images, prompts, timesteps).to(s.device)
-        sv, gv = s.float().view(-1, self.k), g.float().view(-1, self.k)
-        win, lose = sv.argmax(1), sv.argmin(1)
-        agree = gv.gather(1, win[:, None]) >= gv.gather(1, lose[:, None])
-        t = int(timesteps.view(-1, self.k)[0, 0])
-        self.by_t[t][0] += int(agree.sum())
-        self.by_t[t][1] += agree.numel()
-        return s
 
 
 @torch.no_grad()
@@ -118,7 +97,7 @@ def run_variant(name: str, seed: int, budget: int, eval_seeds: int, threads: int
     extra = {}
     if name != "base":
         scorer = resolve_scorer(cfg)
-        agreement = Agreement(scorer, cfg.sampling.k) if name.startswith("spo") else None
+        agreement = Choices(scorer, cfg.sampling.k, {"utility": preference_utility}) if name.startswith("spo") else None
         torch.manual_seed(seed)
         params = add_lora(model, cfg.lora)
         counter = CountingUNet(model.unet)
@@ -145,7 +124,10 @@ def run_variant(name: str, seed: int, budget: int, eval_seeds: int, threads: int
         model.unet = base_unet
         extra = {"epochs": epoch, "unet_evaluations": counter.rows, "pair_keep_rate": kept / max(branched, 1)}
         if agreement is not None:
-            extra["spm_agreement_by_t"] = {t: a / n for t, (a, n) in sorted(agreement.by_t.items(), reverse=True)}
+            extra["spm_agreement_by_t"] = {}
+            for t, gaps in sorted(agreement.gaps.items(), reverse=True):
+                g = torch.cat(gaps["utility"])
+                extra["spm_agreement_by_t"][t] = int((g >= 0).sum()) / g.numel()  # a tie counts as agreeing
     train_s = time.time() - t0
     ev = evaluate_shapes(model, heldout_captions(), eval_seeds)
     return {

@@ -36,10 +36,11 @@ DEFAULT_TEACHERS = ["shapes-spm", "shapes-preference@zero", "shapes-aesthetic", 
 
 class Choices:
     """Wraps a scorer; per timestep, keeps the ground-truth gaps truth(winner) − truth(loser)
-    of its argmax/argmin choice among each group of k candidates."""
+    of its argmax/argmin choice among each group of k candidates: gaps[t][truth name] is a list
+    of Tensor[groups] (the claims bench uses it too)."""
 
-    def __init__(self, scorer, k: int):
-        self.scorer, self.k = scorer, k
+    def __init__(self, scorer, k: int, truths: dict = TRUTHS):
+        self.scorer, self.k, self.truths = scorer, k, truths
         self.gaps = defaultdict(lambda: defaultdict(list))
 
     def score(self, images, prompts, timesteps):
@@ -47,7 +48,7 @@ class Choices:
         sv = s.float().view(-1, self.k)
         win, lose = sv.argmax(1), sv.argmin(1)
         t = int(timesteps.view(-1, self.k)[0, 0])
-        for name, truth in TRUTHS.items():
+        for name, truth in self.truths.items():
             g = truth(images.float(), list(prompts)).float().view(-1, self.k).to(sv.device)
             self.gaps[t][name].append(g.gather(1, win[:, None])[:, 0] - g.gather(1, lose[:, None])[:, 0])
         return s
