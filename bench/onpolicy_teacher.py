@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.teachers import TRUTHS, agreement  # noqa: E402
+from bench.teachers import TRUTHS, agreement, choice_gaps  # noqa: E402
 from trainer.shapes.truth import aesthetic, label_from_utilities, preference_utility  # noqa: E402
 
 T_BUCKETS = ((600, 1000), (400, 600), (200, 400), (0, 200))
@@ -96,19 +96,17 @@ def labels(data: dict, a: torch.Tensor, b: torch.Tensor, kind: str, gen: torch.G
 
 
 @torch.no_grad()
-def measure(spm, data: dict) -> dict:
-    """Ground-truth agreement of the SPM's argmax/argmin in each group: overall, by t, by confidence."""
+def measure(spm, data: dict, truths: dict[str, torch.Tensor]) -> dict:
+    """Ground-truth agreement of the SPM's argmax/argmin in each group: overall, by t, by confidence.
+    truths: name -> Tensor[N·k], the ground truth of every candidate (computed once per data)."""
     spm.eval()
     k, x = data["k"], pixels(data["images"])
     s = torch.cat([spm.score(x[i:i + 256], data["prompts"][i:i + 256], data["t"][i:i + 256])
-                   for i in range(0, len(x), 256)]).view(-1, k)
-    win, lose = s.argmax(1), s.argmin(1)
-    gaps = {}
-    for name, truth in TRUTHS.items():
-        g = truth(x, data["prompts"]).float().view(-1, k)
-        gaps[name] = g.gather(1, win[:, None])[:, 0] - g.gather(1, lose[:, None])[:, 0]
+                   for i in range(0, len(x), 256)])
+    gaps = {name: choice_gaps(s, truth, k) for name, truth in truths.items()}
     t = data["t"].view(-1, k)[:, 0]
-    confidence = s.max(1).values - s.min(1).values
+    sv = s.view(-1, k)
+    confidence = sv.max(1).values - sv.min(1).values
 
     def agree(mask):
         return {n: round(agreement([g[mask]])[0], 3) for n, g in gaps.items()}
@@ -165,10 +163,11 @@ def main() -> None:
     data = {"images": torch.cat([p["images"] for p in parts]), "t": torch.cat([p["t"] for p in parts]),
             "prompts": [q for p in parts for q in p["prompts"]], "k": parts[0]["k"]}
     evals = record(0, 1, cache)
+    truths = {name: truth(pixels(evals["images"]), evals["prompts"]) for name, truth in TRUTHS.items()}
     spm = StepAwarePreferenceModel.from_pretrained(args.init)
-    before = measure(spm, evals)
+    before = measure(spm, evals, truths)
     losses = train(spm, data, args.labels, args.steps, args.lr, args.batch, seed=5, log=print)
-    after = measure(spm, evals)
+    after = measure(spm, evals, truths)
     spm.save_pretrained(args.out)
     result = {"args": vars(args), "train_candidates": len(data["prompts"]), "eval_candidates": len(evals["prompts"]),
               "final_loss": sum(losses[-250:]) / len(losses[-250:]), "before": before, "after": after}

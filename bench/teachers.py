@@ -45,13 +45,17 @@ class Choices:
 
     def score(self, images, prompts, timesteps):
         s = self.scorer.score(images, prompts, timesteps)
-        sv = s.float().view(-1, self.k)
-        win, lose = sv.argmax(1), sv.argmin(1)
         t = int(timesteps.view(-1, self.k)[0, 0])
         for name, truth in self.truths.items():
-            g = truth(images.float(), list(prompts)).float().view(-1, self.k).to(sv.device)
-            self.gaps[t][name].append(g.gather(1, win[:, None])[:, 0] - g.gather(1, lose[:, None])[:, 0])
+            self.gaps[t][name].append(choice_gaps(s, truth(images.float(), list(prompts)), self.k))
         return s
+
+
+def choice_gaps(scores: torch.Tensor, truth: torch.Tensor, k: int) -> torch.Tensor:
+    """truth(winner) − truth(loser) of the argmax/argmin choice in each group of k consecutive
+    candidates: scores, truth Tensor[G·k] -> Tensor[G]."""
+    sv, g = scores.float().view(-1, k), truth.float().view(-1, k).to(scores.device)
+    return g.gather(1, sv.argmax(1)[:, None])[:, 0] - g.gather(1, sv.argmin(1)[:, None])[:, 0]
 
 
 def agreement(gaps: list[torch.Tensor]) -> tuple[float, int, float]:
