@@ -1,7 +1,10 @@
 import pytest
 import torch
 
+from trainer.malloc import keep_freed_memory
+
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+keep_freed_memory()  # the tests train in-process; see trainer/malloc.py
 
 
 def pytest_addoption(parser):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..malloc import keep_freed_memory
 from .shipped import WEIGHTS
 
 
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     scratch.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
+    keep_freed_memory()
     stages = STAGES if args.stage == "all" else (args.stage,)
     runners = {"world": stage_world, "pipeline": stage_pipeline, "preference": _stage("preference"), "spm": _stage("spm")}
     for name in stages:

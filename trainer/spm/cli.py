@@ -146,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..malloc import keep_freed_memory
+
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return args.func(args)
     except ValueError as e:  # our errors (and trainer.models.ModelLoadError) are one line for the user

@@ -65,8 +65,10 @@ def parse_args(argv: list[str]) -> tuple[str, str | None, dict[str, str], bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..malloc import keep_freed_memory
     from ..models import ModelLoadError
 
+    keep_freed_memory()
     argv = sys.argv[1:] if argv is None else argv
     try:
         preset, yaml_path, overrides, want_help = parse_args(argv)
