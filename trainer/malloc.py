@@ -6,7 +6,7 @@ faults every page in again: in one epoch of the ShapesWorld default run on 2 cor
 CPU seconds were spent in the kernel (`bench/malloc.py`). Raising the mmap and trim
 thresholds keeps freed memory in the heap for reuse — what the environment variables
 MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ do, set from inside the process so that
-`python -m trainer.spo` gets it without a wrapper. There, wall time fell from 91 s to 68–71 s;
+`python -m trainer.spo` gets it without a wrapper. In that epoch, wall time fell from 91 s to 68–71 s;
 the price is a heap that keeps its high-water mark (peak memory +70–110 MB of about 0.9 GB).
 """
 from __future__ import annotations
