@@ -8,7 +8,7 @@ import pytest
 
 from trainer.malloc import keep_freed_memory
 
-glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+ON_GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 # Tensors of 40 MB (above glibc's largest dynamic mmap threshold, 32 MB), each written then freed;
 # page faults counted over 20 of them after 10 to warm up.
@@ -30,7 +30,7 @@ def _faults(mode: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@glibc
+@pytest.mark.skipif(not ON_GLIBC, reason="glibc only")
 def test_freed_tensors_are_not_faulted_in_again():
     default, kept = _faults("default"), _faults("keep")
     assert kept["agreed"] is True
@@ -39,6 +39,6 @@ def test_freed_tensors_are_not_faulted_in_again():
     assert kept["faults"] < 0.05 * pages  # the first tensor's memory is reused
 
 
-@pytest.mark.skipif(platform.system() == "Linux" and platform.libc_ver()[0] == "glibc", reason="non-glibc only")
+@pytest.mark.skipif(ON_GLIBC, reason="non-glibc only")
 def test_other_platforms_are_left_alone():
     assert keep_freed_memory() is False
