@@ -66,7 +66,7 @@ def test_build_size_flags_reach_the_config_and_reject_nonsense(monkeypatch, tmp_
     monkeypatch.setattr(build, "stage_world", lambda cfg, out, scratch: seen.update(cfg=cfg) or {})
     build.main(["--stage", "world", "--quick", "--unet-steps", "7", "--unet-phase2-steps", "3", "--scratch", str(tmp_path)])
     assert seen["cfg"].unet_steps == 7 and seen["cfg"].clip_steps == build.QUICK.clip_steps
-    assert seen["cfg"].unet_phase2_steps == 3 and build.FULL.unet_phase2_steps == 0  # off for the shipped weights
+    assert seen["cfg"].unet_phase2_steps == 3 and build.FULL.unet_phase2_steps == 2000  # as the shipped weights
     build.main(["--stage", "world", "--preference-sample-pairs", "9", "--preference-steps", "11", "--scratch", str(tmp_path),
                 "--out", str(tmp_path / "weights")])
     assert (seen["cfg"].preference_sample_pairs, seen["cfg"].preference_steps) == (9, 11)
@@ -105,3 +105,22 @@ def test_unet_second_phase_continues_the_model_draws_by_weight_and_keeps_a_froze
     assert any(not torch.equal(v, start[k]) for k, v in second.state_dict().items())
     assert all(torch.equal(v, text_before[k]) for k, v in text.state_dict().items())
     assert len(drawn) == 3 and set(torch.cat(drawn).tolist()) <= {1, 4}  # only images with weight > 0
+
+
+def test_evaluate_stage_replaces_the_numbers_and_keeps_how_the_pipeline_was_trained(monkeypatch, tmp_path):
+    import json
+
+    from trainer.shapes import build
+
+    (tmp_path / "record.json").write_text(json.dumps({
+        "pipeline": {"command": "python -m trainer.shapes.build --stage pipeline", "steps": {"unet": 5},
+                     "heldout_eval": {"aesthetic": 1.0}},
+        "world": {"command": "w"}}))
+    monkeypatch.setattr(build, "stage_evaluate", lambda cfg, out, scratch: {"heldout_eval": {"aesthetic": 2.0}})
+    build.main(["--stage", "evaluate", "--out", str(tmp_path), "--scratch", str(tmp_path / "s")])
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["world"] == {"command": "w"} and "evaluate" not in record
+    assert record["pipeline"] == {"command": "python -m trainer.shapes.build --stage pipeline", "steps": {"unet": 5},
+                                  "heldout_eval": {"aesthetic": 2.0},
+                                  "evaluated_by": "python -m trainer.shapes.build --stage evaluate --out <weights> "
+                                                  "--scratch <scratch>"}

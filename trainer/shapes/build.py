@@ -1,12 +1,14 @@
 """Rebuild ShapesWorld's shipped models from scratch with fixed seeds.
 
-    python -m trainer.shapes.build [--stage all|world|pipeline|preference|spm] [--quick] [--out DIR]
+    python -m trainer.shapes.build [--stage all|world|pipeline|preference|spm|evaluate] [--quick] [--out DIR]
 
 Stages: world (sample grid + ground-truth sanity numbers), pipeline (CLIP pretraining, VAE, UNet,
 SD-layout directory, held-out evaluation), preference (generic labels as a Pick-a-Pic-layout
 dataset, PickScore-style CLIP), spm (step-aware version via `python -m trainer.spm`). Each stage
-appends how it was trained and how well to <out>/record.json. --quick shrinks everything to
-minutes and writes to a scratch directory instead of the shipped weights.
+appends how it was trained and how well to <out>/record.json. evaluate trains nothing: it
+re-measures the shipped pipeline with the current ground truth and replaces those numbers in its
+record entry. --quick shrinks everything to minutes and writes to a scratch directory instead of
+the shipped weights.
 """
 from __future__ import annotations
 
@@ -36,17 +38,16 @@ class BuildConfig:
     clip_steps: int = 1500
     vae_steps: int = 1200
     vae_decoder_steps: int = 400
-    unet_steps: int = 8000
+    unet_steps: int = 16000  # the shape word is learned last, between steps 8,000 and 12,000
     unet_batch: int = 64
     unet_lr: float = 8e-4
     unet_text_lr: float = 2e-4  # the text tower trains with the UNet (see train_unet)
     unet_v_weight_cap: float = 30.0
     unet_offset_noise: float = 0.15
-    # Optional second UNet phase: renders drawn with weight (1 − quality), mostly mediocre pictures as
-    # on the web. A 16,000-step model trained on U(0, 1) quality alone samples close to the best the
-    # VAE can decode, leaving preference tuning little to find (docs/shapes-16k-base.md). 0 = off,
-    # as for the shipped weights.
-    unet_phase2_steps: int = 0
+    # A second UNet phase: renders drawn with weight (1 − quality), mostly mediocre pictures as on
+    # the web. The 16,000-step model trained on U(0, 1) quality alone samples close to the best the
+    # VAE can decode, leaving preference tuning little to find (docs/shapes-16k-base.md). 0 = off.
+    unet_phase2_steps: int = 2000
     unet_phase2_lr: float = 2e-4
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
     preference_pairs: int = 4800  # pairs of renders
@@ -55,6 +56,9 @@ class BuildConfig:
     preference_sample_pairs: int = 0
     preference_steps: int = 500
     spm_steps: int = 300  # 0: the `shapes` preset's own step count
+    # A third of the `shapes` SPM preset's rate: it starts from the fitted preference model and only
+    # adapts it to noisy x̂0; the shipped SPM and the default run's tuning used this rate.
+    spm_lr: float = 1e-4
     threads: int = 2
 
 
@@ -62,7 +66,7 @@ FULL = BuildConfig()
 QUICK = BuildConfig(renders_per_caption=2, clip_steps=20, vae_steps=20, vae_decoder_steps=10, unet_steps=20,
                     unet_phase2_steps=10, eval_seeds=(0,), preference_pairs=256, preference_sample_pairs=32,
                     preference_steps=20, spm_steps=4)
-STAGES = ("world", "pipeline", "preference", "spm")
+STAGES = ("world", "pipeline", "preference", "spm")  # what `all` runs; `evaluate` only re-measures
 
 
 def scrub_paths(directory: Path, scratch: Path, out: Path) -> None:
@@ -196,6 +200,24 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
             "caption_sensitivity_xhat0_mse_by_t (64 training captions; see evaluate.caption_sensitivity)": sensitivity}
 
 
+def stage_evaluate(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
+    """Re-measure the shipped pipeline with the current ground truth, without training: the pipeline
+    entry of the record keeps how it was trained and gets these numbers in place of its own."""
+    from diffusers import StableDiffusionPipeline
+
+    from .dataset import render_set
+    from .evaluate import caption_sensitivity, heldout_report
+    from .world import train_captions
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(out / "pipeline"), safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    data = render_set(train_captions(), cfg.renders_per_caption, seed=cfg.seed)
+    return {"vae_reconstruction": vae_reconstruction_report(pipe.vae, data),
+            "heldout_eval": heldout_report(pipe, list(cfg.eval_seeds)),
+            "caption_sensitivity_xhat0_mse_by_t (64 training captions; see evaluate.caption_sensitivity)":
+                caption_sensitivity(pipe, random.Random(cfg.seed).sample(train_captions(), 64), seed=cfg.seed)}
+
+
 def reuse_or_build(path: Path, load, reused: list[str], build):
     """The model an earlier, interrupted build saved at `path`, or `build()` saved there (its name is
     appended to `reused` when reused, so the record says which parts were not retrained)."""
@@ -226,14 +248,14 @@ def vae_reconstruction_report(vae, data, n: int = 256) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.shapes.build", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", default="all", choices=("all",) + STAGES)
+    parser.add_argument("--stage", default="all", choices=("all",) + STAGES + ("evaluate",))
     parser.add_argument("--quick", action="store_true", help="tiny sizes, minutes; writes to a scratch dir")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: the shipped weights dir)")
     parser.add_argument("--scratch", type=Path, default=None, help="checkpoints and intermediates (default: a temp dir)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
     # Sizes a rebuild may change: (flag's field, minimum, help)
     sizes = (("unet_steps", 1, f"UNet + text tower steps (default {FULL.unet_steps})"),
-             ("unet_phase2_steps", 0, "steps of a second UNet phase on mostly mediocre renders (default 0: none)"),
+             ("unet_phase2_steps", 0, f"steps of a second UNet phase on mostly mediocre renders (default {FULL.unet_phase2_steps}; 0: none)"),
              ("preference_pairs", 1, f"preference pairs of renders (default {FULL.preference_pairs})"),
              ("preference_sample_pairs", 0, "preference pairs of the base pipeline's samples (default 0: none)"),
              ("preference_steps", 1, f"preference model steps (default {FULL.preference_steps})"))
@@ -256,13 +278,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(cfg.threads)
     keep_freed_memory()
     stages = STAGES if args.stage == "all" else (args.stage,)
-    runners = {"world": stage_world, "pipeline": stage_pipeline, "preference": _stage("preference"), "spm": _stage("spm")}
+    runners = {"world": stage_world, "pipeline": stage_pipeline, "preference": _stage("preference"), "spm": _stage("spm"),
+               "evaluate": stage_evaluate}
+    command = " ".join(["python -m trainer.shapes.build"] + (argv if argv is not None else sys.argv[1:]))
+    command = command.replace(str(scratch), "<scratch>").replace(str(out), "<weights>")  # no machine's paths
     for name in stages:
         _log(f"stage {name} ...")
         t0 = time.time()
         entry = runners[name](cfg, out, scratch)
-        entry = {"command": " ".join(["python -m trainer.shapes.build"] + (argv if argv is not None else sys.argv[1:])),
-                 "config": asdict(cfg), "wall_seconds": round(time.time() - t0, 1), **entry}
+        if name == "evaluate":
+            record = json.loads((out / "record.json").read_text()) if (out / "record.json").exists() else {}
+            entry = {**record.get("pipeline", {}), **entry, "evaluated_by": command}
+            name = "pipeline"
+        else:
+            entry = {"command": command, "config": asdict(cfg), "wall_seconds": round(time.time() - t0, 1), **entry}
         update_record(out, name, entry)
         _log(f"stage {name} done in {time.time() - t0:.0f}s")
     return 0

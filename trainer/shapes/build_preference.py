@@ -103,7 +103,7 @@ def stage_spm(cfg, out: Path, scratch: Path, log) -> dict:
     run = scratch / "spm_run"
     cmd = [sys.executable, "-m", "trainer.spm", "train", "--preset", "shapes", "--base-model", str(out / "pipeline"),
            "--init", str(out / "preference"), "--data", str(scratch / PAIRS_TRAIN), "--eval-data",
-           str(scratch / PAIRS_EVAL), "--out", str(run), "--seed", str(cfg.seed + 20), "--progress", "false"]
+           str(scratch / PAIRS_EVAL), "--out", str(run), "--seed", str(cfg.seed + 20), "--lr", str(cfg.spm_lr), "--progress", "false"]
     if cfg.spm_steps:
         cmd += ["--max-steps", str(cfg.spm_steps)]
     log("running " + " ".join(cmd))
