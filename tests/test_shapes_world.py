@@ -85,6 +85,19 @@ def test_each_degradation_lowers_its_own_term(k, term):
     assert float(bad.total().mean()) < float(clean.total().mean()) - 0.8
 
 
+def test_saturation_is_the_same_for_every_colour_and_falls_with_washout():
+    # A caption-blind aesthetic must not like one hue better: else turning a purple shape blue
+    # would be an "improvement" for a preference model to learn and a LoRA to exploit.
+    scenes = [parse_caption(f"a large {fg} square on a {bg} background, center")
+              for fg in COLOURS for bg in COLOURS if fg != bg]
+    for wash in (0.0, 0.25, 0.5):
+        s = torch.zeros(len(scenes), len(DEGRADATIONS))
+        s[:, DEGRADATIONS.index("washout")] = wash
+        sat = aesthetic_terms(_render(scenes, strengths=s)).saturation
+        assert float(sat.max() - sat.min()) < 0.02, (wash, sat)
+        assert abs(float(sat.mean()) - min(1.0, (1 - 0.8 * wash - 0.2) / 0.75)) < 0.02, (wash, sat)
+
+
 def _swap(scene, **changes):
     return dataclasses.replace(scene, **changes)
 

@@ -76,6 +76,19 @@ def _gradient_norm(x: torch.Tensor) -> torch.Tensor:
     return (gx * gx + gy * gy).sum(1, keepdim=True).sqrt()
 
 
+_PALETTE_HUE = F.normalize(_PALETTE - _PALETTE.mean(1, keepdim=True), dim=1)  # Tensor[5, 3]
+_PALETTE_CHROMA = _PALETTE.max(1).values - _PALETTE.min(1).values  # Tensor[5]
+
+
+def _relative_chroma(x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel chroma of x Tensor[B, 3, H, W] in [0, 1] over the chroma of the palette colour whose
+    hue direction is nearest, capped at 1 -> Tensor[B, H, W]."""
+    hue = F.normalize(x - x.mean(1, keepdim=True), dim=1, eps=1e-6)
+    nearest = torch.einsum("bchw,kc->bkhw", hue, _PALETTE_HUE).argmax(1)
+    chroma = x.max(1).values - x.min(1).values
+    return (chroma / _PALETTE_CHROMA[nearest]).clamp(max=1)
+
+
 @dataclass(frozen=True)
 class AestheticTerms:
     """Each term Tensor[B] in [0, 1], 1 = clean. total() is the 0–10 aesthetic score."""
@@ -112,9 +125,10 @@ def aesthetic_terms(images: torch.Tensor) -> AestheticTerms:
     ratio = (g * g * e).sum((1, 2, 3)) / (g * e).sum((1, 2, 3)).clamp_min(1e-6)
     ratio = ratio / seg.contrast.clamp_min(0.05)
     sharpness = ((ratio - 0.17) / 0.13).clamp(0, 1)
-    # Saturation: mean chroma (max − min channel).
-    chroma = (x.max(1).values - x.min(1).values).mean((1, 2))
-    saturation = ((chroma - 0.12) / 0.45).clamp(0, 1)
+    # Saturation: chroma (max − min channel) relative to that of the palette colour nearest in hue,
+    # so every colour of the world is equally saturated at full strength and a hue drift (purple
+    # → blue) is no gain; washing out toward luminance scales it by 1 − 0.8·strength.
+    saturation = ((_relative_chroma(x).mean((1, 2)) - 0.2) / 0.75).clamp(0, 1)
     # Smudges: in flat regions, how far the low-passed colour strays from its cluster colour (97th pct).
     low = _box(x, 5)
     ref = seg.background[:, :, None, None] * (1 - mask) + seg.foreground[:, :, None, None] * mask

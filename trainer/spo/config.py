@@ -114,6 +114,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sampling.batch_size": 16,
         "sampling.rounds_per_epoch": 2,
         "sampling.threshold": 0.1,
+        # Branch at steps 10–19 (t ≤ 500): from step 4 the SPM, near chance on blurry x̂0, steered
+        # the LoRA into the wrong colour (docs/shapes-16k-base.md).
+        "sampling.branch_start": 10,
         "train.epochs": 6,
         "train.lr": 5e-4,
         "train.batch_size": 16,
