@@ -1,6 +1,6 @@
 """`python -m trainer.spo`: SPO LoRA post-training. No arguments = the ShapesWorld default run.
 
-    python -m trainer.spo                                   # ShapesWorld, ~6 min on 2 CPU cores
+    python -m trainer.spo                                   # ShapesWorld, ~4.5 min on 2 CPU cores
     python -m trainer.spo --preset sd15 --prompts prompts.txt --model.source DIR --scorer.source SPM.bin
     accelerate launch -m trainer.spo --preset sdxl ...       # several GPUs
     python -m trainer.spo --config my.yaml --sampling.k 6 --train.lr=1e-4

@@ -107,7 +107,7 @@ class SPOConfig:
 
 
 # Presets as data: the reference hyper-parameters of spec §3 (per GPU), and a ShapesWorld
-# default sized for ~6 minutes on 2 CPU cores (most of it the VAE decoding every candidate's x̂0 for the scorer).
+# default sized for ~4.5 minutes on 2 CPU cores (most of it the VAE decoding every candidate's x̂0 for the scorer).
 PRESETS: dict[str, dict[str, Any]] = {
     "shapes": {
         "sampling.k": 4,
