@@ -19,7 +19,9 @@ def sdxl(tmp_path_factory):
 
 
 def sampling(**kw):
-    over = {"sampling.batch_size": 3, "sampling.k": 4, "sampling.threshold": 0.0}
+    # The paper's window (from step 4, κ = 750) rather than the `shapes` preset's later one, so every
+    # kind of step is exercised.
+    over = {"sampling.batch_size": 3, "sampling.k": 4, "sampling.threshold": 0.0, "sampling.branch_start": 4}
     over.update({f"sampling.{k}": v for k, v in kw.items()})
     return build_config("shapes", overrides=over).sampling
 
