@@ -147,9 +147,19 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    runs = []
+    # A full run takes hours: runs already in --out with the same budget and evaluation seeds are
+    # kept, so the bench can be run in parts (delete the file to start over).
+    done = {}
+    if out.exists():
+        previous = json.loads(out.read_text())
+        if (previous["args"]["budget"], previous["args"]["eval_seeds"]) == (args.budget, args.eval_seeds):
+            done = {(r["variant"], r["seed"]): r for r in previous["runs"]}
+    runs = list(done.values())
     for name in args.variants:
         for seed in args.seeds if name != "base" else args.seeds[:1]:
+            if (name, seed) in done:
+                print(f"{name} seed {seed}: kept from {out}", flush=True)
+                continue
             r = run_variant(name, seed, args.budget, args.eval_seeds, args.threads)
             runs.append(r)
             print(json.dumps(r), flush=True)
@@ -157,7 +167,7 @@ def main() -> None:
     summary = {}
     print("\n| variant | seeds | aesthetic (mean ± sd over seeds) | alignment (mean ± sd) | pair keep rate |")
     print("|---|---|---|---|---|")
-    for name in args.variants:
+    for name in [v for v in VARIANTS if any(r["variant"] == v for r in runs)]:
         rs = [r for r in runs if r["variant"] == name]
         row = {}
         for m in ("aesthetic", "alignment"):
