@@ -78,10 +78,11 @@ def scrub_paths(directory: Path, scratch: Path, out: Path) -> None:
             f.write_text(new)
 
 
-def update_record(out: Path, key: str, entry: dict) -> None:
+def update_record(out: Path, key: str, entry: dict, merge: bool = False) -> None:
+    """Set record[key] to entry, or with merge=True update the entry already there."""
     path = out / "record.json"
     record = json.loads(path.read_text()) if path.exists() else {}
-    record[key] = entry
+    record[key] = {**record.get(key, {}), **entry} if merge else entry
     path.write_text(json.dumps(record, indent=1) + "\n")
 
 
@@ -117,7 +118,6 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
 
     from .architectures import TOKEN_LENGTH, scheduler_config
     from .dataset import render_set
-    from .evaluate import caption_sensitivity, heldout_report
     from .tokenizer import write_tokenizer
     from .train_clip import pretrain_clip, tokenize
     from .train_unet import encode_latents, train_unet
@@ -150,8 +150,7 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     scaling = measure_scaling_factor(vae, data)
     vae.register_to_config(scaling_factor=scaling)
     timings["vae_s"] = time.time() - t0
-    recon = vae_reconstruction_report(vae, data)
-    _log(f"vae scaling factor {scaling:.4f}; reconstruction {recon}")
+    _log(f"vae scaling factor {scaling:.4f}")
 
     t0 = time.time()
     text_encoder = CLIPTextModel(clip.config.text_config)
@@ -182,22 +181,33 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     t0 = time.time()
     loaded = StableDiffusionPipeline.from_pretrained(str(out / "pipeline"), safety_checker=None)
     loaded.set_progress_bar_config(disable=True)
-    report = heldout_report(loaded, list(cfg.eval_seeds))
-    sensitivity = caption_sensitivity(loaded, random.Random(cfg.seed).sample(train_captions(), 64), seed=cfg.seed)
+    measured = measure_pipeline(loaded, data, cfg)
     timings["eval_s"] = time.time() - t0
-    _log(f"held-out: alignment {report['alignment']['mean']:.3f}, aesthetic {report['aesthetic']['mean']:.2f} "
-         f"± {report['aesthetic_std']:.2f}")
     params = {n: sum(p.numel() for p in m.parameters()) for n, m in
               (("unet", unet), ("vae", vae), ("text_encoder", text_encoder), ("clip", clip))}
     return {"training_images": int(data.images.shape[0]), "vae_scaling_factor": scaling, "parameters": params,
-            "vae_reconstruction": recon,
             "seeds": {"render": cfg.seed, "clip": cfg.seed + 1, "vae": cfg.seed + 2, "vae_decoder": cfg.seed + 4,
                       "unet_and_text_encoder": cfg.seed + 3, "unet_phase2": cfg.seed + 7},
             "steps": {"clip": cfg.clip_steps, "vae": cfg.vae_steps, "vae_decoder": cfg.vae_decoder_steps,
                       "unet_and_text_encoder": cfg.unet_steps, "unet_phase2 (weight 1 - quality, text tower frozen)": cfg.unet_phase2_steps},
             "seconds": {k: round(v, 1) for k, v in timings.items()},
-            "reused_from_scratch_checkpoints": reused, "heldout_eval": report,
-            "caption_sensitivity_xhat0_mse_by_t (64 training captions; see evaluate.caption_sensitivity)": sensitivity}
+            "reused_from_scratch_checkpoints": reused, **measured}
+
+
+def measure_pipeline(pipe, data, cfg: BuildConfig) -> dict:
+    """The ground-truth numbers of a pipeline's record entry: its VAE on the training renders `data`,
+    held-out samples, and how much the denoiser listens to each caption word."""
+    from .evaluate import caption_sensitivity, heldout_report
+    from .world import train_captions
+
+    recon = vae_reconstruction_report(pipe.vae, data)
+    report = heldout_report(pipe, list(cfg.eval_seeds))
+    _log(f"vae reconstruction {recon}")
+    _log(f"held-out: alignment {report['alignment']['mean']:.3f}, aesthetic {report['aesthetic']['mean']:.2f} "
+         f"± {report['aesthetic_std']:.2f}")
+    return {"vae_reconstruction": recon, "heldout_eval": report,
+            "caption_sensitivity_xhat0_mse_by_t (64 training captions; see evaluate.caption_sensitivity)":
+                caption_sensitivity(pipe, random.Random(cfg.seed).sample(train_captions(), 64), seed=cfg.seed)}
 
 
 def stage_evaluate(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
@@ -206,16 +216,11 @@ def stage_evaluate(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     from diffusers import StableDiffusionPipeline
 
     from .dataset import render_set
-    from .evaluate import caption_sensitivity, heldout_report
     from .world import train_captions
 
     pipe = StableDiffusionPipeline.from_pretrained(str(out / "pipeline"), safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
-    data = render_set(train_captions(), cfg.renders_per_caption, seed=cfg.seed)
-    return {"vae_reconstruction": vae_reconstruction_report(pipe.vae, data),
-            "heldout_eval": heldout_report(pipe, list(cfg.eval_seeds)),
-            "caption_sensitivity_xhat0_mse_by_t (64 training captions; see evaluate.caption_sensitivity)":
-                caption_sensitivity(pipe, random.Random(cfg.seed).sample(train_captions(), 64), seed=cfg.seed)}
+    return measure_pipeline(pipe, render_set(train_captions(), cfg.renders_per_caption, seed=cfg.seed), cfg)
 
 
 def reuse_or_build(path: Path, load, reused: list[str], build):
@@ -286,13 +291,11 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"stage {name} ...")
         t0 = time.time()
         entry = runners[name](cfg, out, scratch)
-        if name == "evaluate":
-            record = json.loads((out / "record.json").read_text()) if (out / "record.json").exists() else {}
-            entry = {**record.get("pipeline", {}), **entry, "evaluated_by": command}
-            name = "pipeline"
+        if name == "evaluate":  # the numbers of the pipeline's entry, not an entry of its own
+            update_record(out, "pipeline", {**entry, "evaluated_by": command}, merge=True)
         else:
-            entry = {"command": command, "config": asdict(cfg), "wall_seconds": round(time.time() - t0, 1), **entry}
-        update_record(out, name, entry)
+            update_record(out, name, {"command": command, "config": asdict(cfg),
+                                      "wall_seconds": round(time.time() - t0, 1), **entry})
         _log(f"stage {name} done in {time.time() - t0:.0f}s")
     return 0
 
