@@ -155,6 +155,10 @@ def main() -> None:
         if (previous["args"]["budget"], previous["args"]["eval_seeds"]) == (args.budget, args.eval_seeds):
             done = {(r["variant"], r["seed"]): r for r in previous["runs"]}
     runs = list(done.values())
+
+    def record() -> dict:  # what the file holds, which may span several calls
+        return {**vars(args), "variants": [v for v in VARIANTS if any(r["variant"] == v for r in runs)],
+                "seeds": sorted({r["seed"] for r in runs})}
     for name in args.variants:
         for seed in args.seeds if name != "base" else args.seeds[:1]:
             if (name, seed) in done:
@@ -163,7 +167,7 @@ def main() -> None:
             r = run_variant(name, seed, args.budget, args.eval_seeds, args.threads)
             runs.append(r)
             print(json.dumps(r), flush=True)
-            out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
+            out.write_text(json.dumps({"args": record(), "runs": runs}, indent=1))
     summary = {}
     print("\n| variant | seeds | aesthetic (mean ± sd over seeds) | alignment (mean ± sd) | pair keep rate |")
     print("|---|---|---|---|---|")
@@ -178,7 +182,7 @@ def main() -> None:
         summary[name] = row
         print(f"| {name} | {len(rs)} | {row['aesthetic'][0]:.3f} ± {row['aesthetic'][1]:.3f} | "
               f"{row['alignment'][0]:.3f} ± {row['alignment'][1]:.3f} | {row['pair_keep_rate']:.2f} |")
-    out.write_text(json.dumps({"args": vars(args), "runs": runs, "summary": summary}, indent=1))
+    out.write_text(json.dumps({"args": record(), "runs": runs, "summary": summary}, indent=1))
     print(f"wrote {out}")
 
 
