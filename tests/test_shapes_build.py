@@ -124,3 +124,23 @@ def test_evaluate_stage_replaces_the_numbers_and_keeps_how_the_pipeline_was_trai
                                   "heldout_eval": {"aesthetic": 2.0},
                                   "evaluated_by": "python -m trainer.shapes.build --stage evaluate --out <weights> "
                                                   "--scratch <scratch>"}
+
+
+def test_a_stage_records_the_software_its_bits_depend_on(monkeypatch, tmp_path):
+    import json
+
+    import diffusers
+
+    from trainer.shapes import build
+
+    monkeypatch.setattr(build, "stage_world", lambda cfg, out, scratch: {"samples": 1})
+    threads = torch.get_num_threads()
+    try:
+        build.main(["--stage", "world", "--threads", "1", "--out", str(tmp_path), "--scratch", str(tmp_path / "s")])
+    finally:
+        torch.set_num_threads(threads)  # main sets them for the whole process
+    entry = json.loads((tmp_path / "record.json").read_text())["world"]
+    assert entry["samples"] == 1
+    assert entry["software"]["torch"] == torch.__version__ and entry["software"]["diffusers"] == diffusers.__version__
+    assert entry["software"]["threads"] == 1
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import platform
 import random
 import shutil
 import sys
@@ -83,7 +85,19 @@ def update_record(out: Path, key: str, entry: dict, merge: bool = False) -> None
     path = out / "record.json"
     record = json.loads(path.read_text()) if path.exists() else {}
     record[key] = {**record.get(key, {}), **entry} if merge else entry
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    tmp = path.with_name(path.name + ".tmp")  # a build killed mid-write keeps the previous record
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def software() -> dict:
+    """What a bit-for-bit rebuild must match: the same seeds give different bits under other
+    library versions, thread counts or CPUs (10 CLIP steps at 1 and at 2 threads already differ)."""
+    import diffusers
+    import transformers
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(), "machine": platform.machine()}
 
 
 def _log(msg: str) -> None:
@@ -294,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "evaluate":  # the numbers of the pipeline's entry, not an entry of its own
             update_record(out, "pipeline", {**entry, "evaluated_by": command}, merge=True)
         else:
-            update_record(out, name, {"command": command, "config": asdict(cfg),
+            update_record(out, name, {"command": command, "config": asdict(cfg), "software": software(),
                                       "wall_seconds": round(time.time() - t0, 1), **entry})
         _log(f"stage {name} done in {time.time() - t0:.0f}s")
     return 0
