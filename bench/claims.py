@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -156,9 +157,12 @@ def main() -> None:
             done = {(r["variant"], r["seed"]): r for r in previous["runs"]}
     runs = list(done.values())
 
-    def record() -> dict:  # what the file holds, which may span several calls
-        return {**vars(args), "variants": [v for v in VARIANTS if any(r["variant"] == v for r in runs)],
-                "seeds": sorted({r["seed"] for r in runs})}
+    def save(**more) -> None:  # atomically: the file holds hours of runs
+        held = {**vars(args), "variants": [v for v in VARIANTS if any(r["variant"] == v for r in runs)],
+                "seeds": sorted({r["seed"] for r in runs})}  # what the file holds, over all calls
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({"args": held, "runs": runs, **more}, indent=1))
+        os.replace(tmp, out)
     for name in args.variants:
         for seed in args.seeds if name != "base" else args.seeds[:1]:
             if (name, seed) in done:
@@ -167,7 +171,7 @@ def main() -> None:
             r = run_variant(name, seed, args.budget, args.eval_seeds, args.threads)
             runs.append(r)
             print(json.dumps(r), flush=True)
-            out.write_text(json.dumps({"args": record(), "runs": runs}, indent=1))
+            save()
     summary = {}
     print("\n| variant | seeds | aesthetic (mean ± sd over seeds) | alignment (mean ± sd) | pair keep rate |")
     print("|---|---|---|---|---|")
@@ -182,7 +186,7 @@ def main() -> None:
         summary[name] = row
         print(f"| {name} | {len(rs)} | {row['aesthetic'][0]:.3f} ± {row['aesthetic'][1]:.3f} | "
               f"{row['alignment'][0]:.3f} ± {row['alignment'][1]:.3f} | {row['pair_keep_rate']:.2f} |")
-    out.write_text(json.dumps({"args": record(), "runs": runs, "summary": summary}, indent=1))
+    save(summary=summary)
     print(f"wrote {out}")
 
 
