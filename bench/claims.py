@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from trainer.atomic import write_text  # noqa: E402
 from trainer.models import PromptEmbeds  # noqa: E402
 from trainer.schedule import ddim_step  # noqa: E402
 from trainer.spo.config import build_config  # noqa: E402
@@ -157,12 +157,12 @@ def main() -> None:
             done = {(r["variant"], r["seed"]): r for r in previous["runs"]}
     runs = list(done.values())
 
+    def held_variants() -> list[str]:
+        return [v for v in VARIANTS if any(r["variant"] == v for r in runs)]
+
     def save(**more) -> None:  # atomically: the file holds hours of runs
-        held = {**vars(args), "variants": [v for v in VARIANTS if any(r["variant"] == v for r in runs)],
-                "seeds": sorted({r["seed"] for r in runs})}  # what the file holds, over all calls
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps({"args": held, "runs": runs, **more}, indent=1))
-        os.replace(tmp, out)
+        held = {**vars(args), "variants": held_variants(), "seeds": sorted({r["seed"] for r in runs})}  # over all calls
+        write_text(out, json.dumps({"args": held, "runs": runs, **more}, indent=1))
     for name in args.variants:
         for seed in args.seeds if name != "base" else args.seeds[:1]:
             if (name, seed) in done:
@@ -175,7 +175,7 @@ def main() -> None:
     summary = {}
     print("\n| variant | seeds | aesthetic (mean ± sd over seeds) | alignment (mean ± sd) | pair keep rate |")
     print("|---|---|---|---|---|")
-    for name in [v for v in VARIANTS if any(r["variant"] == v for r in runs)]:
+    for name in held_variants():
         rs = [r for r in runs if r["variant"] == name]
         row = {}
         for m in ("aesthetic", "alignment"):

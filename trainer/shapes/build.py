@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import platform
 import random
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_text
 from ..malloc import keep_freed_memory
 from .shipped import WEIGHTS
 
@@ -85,9 +85,7 @@ def update_record(out: Path, key: str, entry: dict, merge: bool = False) -> None
     path = out / "record.json"
     record = json.loads(path.read_text()) if path.exists() else {}
     record[key] = {**record.get(key, {}), **entry} if merge else entry
-    tmp = path.with_name(path.name + ".tmp")  # a build killed mid-write keeps the previous record
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(record, indent=1) + "\n")  # a build killed mid-write keeps the previous record
 
 
 def software() -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..atomic import write_text
 from .errors import SPMError
 
 METADATA = "metadata.jsonl"
@@ -96,10 +97,7 @@ def write_pickapic_dir(rows: Iterable[Mapping[str, Any]], out_dir: str | os.Path
             names.append(name)
         record = {"caption": caption, "jpg_0": names[0], "jpg_1": names[1], "label_0": label_0, "label_1": label_1}
         lines.append(json.dumps(record))
-    tmp = out / (METADATA + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, out / METADATA)
-    return out / METADATA
+    return write_text(out / METADATA, "".join(line + "\n" for line in lines))
 
 
 class PickapicDir(torch.utils.data.Dataset):

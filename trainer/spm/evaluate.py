@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import write_text
 from .data import PairCollate
 from .denoise import noised_pair_images
 from .objective import pair_correct
@@ -93,7 +94,4 @@ def write_report(report: dict, path: str | os.PathLike) -> Path:
     """Write the accuracy report as JSON (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(report, indent=2))

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..atomic import write_text
 from .errors import SPMError
 from .model import StepAwarePreferenceModel
 from .preprocess import PreprocessConfig
@@ -222,9 +223,7 @@ def save_pretrained(spm: StepAwarePreferenceModel, out_dir: str | os.PathLike, t
         "tokenizer": tokenizer_ref,
         "training": training,
     }
-    tmp = out / (CONFIG_NAME + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2, default=str))
-    os.replace(tmp, out / CONFIG_NAME)
+    write_text(out / CONFIG_NAME, json.dumps(config, indent=2, default=str))
     return out
 
 
