@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from trainer.atomic import write_text  # noqa: E402
 from trainer.shapes.truth import aesthetic, alignment, preference_utility  # noqa: E402
 from trainer.spo.config import build_config  # noqa: E402
 
@@ -104,7 +105,7 @@ def main() -> None:
     runs = []
     for teacher in args.teachers:
         runs.append(measure(teacher, args.rounds, args.seed))
-        out.write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
+        write_text(out, json.dumps({"args": vars(args), "runs": runs}, indent=1))  # a kill mid-write keeps the finished teachers
     print("\n| teacher | agreement: utility | aesthetic | alignment | pairs | median utility gap | pair keep rate |")
     print("|---|---|---|---|---|---|---|")
     for r in runs:
