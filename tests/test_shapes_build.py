@@ -18,7 +18,8 @@ def test_unet_training_fine_tunes_the_text_tower_and_resumes(tmp_path):
     tokens = torch.randint(0, text.config.vocab_size, (3, 16))
     args = (latents, torch.full_like(latents, 0.1), torch.tensor([0, 1, 2, 0, 1, 2]), tokens)
     ckpt = tmp_path / "unet.pt"
-    unet, text = train_unet(*args, text, tokens[0], 0.5, steps=3, seed=0, checkpoint=ckpt, batch=4, log=lambda m: None)
+    unet, text = train_unet(*args, text, tokens[0], 0.5, steps=3, seed=0, checkpoint=ckpt, batch=4, text_lr=2e-4,
+                            log=lambda m: None)
     moved = [k for k, v in text.state_dict().items() if not torch.equal(v, before[k])]
     assert any("token_embedding" in k for k in moved)
     assert not any(p.requires_grad for p in text.parameters()) and not unet.training
@@ -26,9 +27,27 @@ def test_unet_training_fine_tunes_the_text_tower_and_resumes(tmp_path):
     assert state["step"] == 3 and set(state) >= {"unet", "text_encoder", "opt", "generator"}
     # A finished checkpoint resumes to the same weights without training further.
     again, _ = train_unet(*args, CLIPTextModel(clip_config().text_config), tokens[0], 0.5, steps=3, seed=0,
-                          checkpoint=ckpt, batch=4, log=lambda m: None)
+                          checkpoint=ckpt, batch=4, text_lr=2e-4, log=lambda m: None)
     for (k, a), b in zip(unet.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_a_frozen_text_tower_stays_as_it_is_and_runs_once():
+    """text_lr = 0 (the build's choice): the tower's states are computed once, not in every step."""
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    text = CLIPTextModel(clip_config().text_config)
+    before = {k: v.clone() for k, v in text.state_dict().items()}
+    calls = []
+    text.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    latents = torch.randn(6, 4, 16, 16)
+    tokens = torch.randint(0, text.config.vocab_size, (3, 16))
+    args = (latents, torch.full_like(latents, 0.1), torch.tensor([0, 1, 2, 0, 1, 2]), tokens)
+    unet, text = train_unet(*args, text, tokens[0], 0.5, steps=3, seed=0, batch=4, log=lambda m: None)
+    assert calls == [3, 1]  # the three captions, then the empty caption
+    assert all(torch.equal(v, before[k]) for k, v in text.state_dict().items())
+    assert not any(p.requires_grad for p in text.parameters()) and not unet.training
 
 
 def test_clip_batches_share_colours_so_shape_and_position_matter(monkeypatch, tmp_path):

@@ -27,18 +27,18 @@ def encode_latents(vae, data: RenderedSet, chunk: int = 256) -> tuple[torch.Tens
 
 def train_unet(latent_mean, latent_std, caption_ids, caption_tokens, text_encoder, uncond_tokens,
                scaling_factor: float, steps: int, seed: int, checkpoint: Path | None = None, batch: int = 64,
-               lr: float = 8e-4, text_lr: float = 2e-4, dropout: float = 0.1, v_weight_cap: float = 30.0,
+               lr: float = 8e-4, text_lr: float = 0.0, dropout: float = 0.1, v_weight_cap: float = 30.0,
                offset_noise: float = 0.15, init_unet=None, sample_weight: torch.Tensor | None = None, log=print):
-    """Train a UNet2DConditionModel and fine-tune `text_encoder` with it; returns (unet, text_encoder).
+    """Train a UNet2DConditionModel conditioned on `text_encoder`; returns (unet, text_encoder).
 
     latent_*: Tensor[N, 4, 16, 16] unscaled; caption_ids Tensor[N] into caption_tokens Tensor[C, L];
     uncond_tokens Tensor[L] (the empty caption). Resumes from `checkpoint` if it exists and saves it
     every 250 steps. init_unet: continue from this UNet instead of a fresh one (a second phase);
     sample_weight: Tensor[N] ≥ 0, draw training images in proportion to it instead of uniformly.
 
-    The text tower trains with the UNet because ShapesWorld's contrastive CLIP is too small to learn
-    shape and position from 13k renders: frozen, its states barely tell "square" from "circle" and
-    the UNet follows colour only.
+    text_lr > 0 fine-tunes the text tower with the UNet; 0 keeps it frozen (the build's choice: a
+    jointly trained tower grew its colour words' states ~20× and left shape and position at their
+    initial scale, and the UNet went on ignoring them).
     v_weight_cap > 1 weights the ε-MSE by min(1/ᾱ_t, cap), i.e. the v-prediction loss capped: with
     plain ε-MSE a small UNet learns almost nothing about x̂0 at high t (an ε error there is amplified
     √(1/ᾱ) ≈ 12× in x̂0), and sampling from pure noise then ignores the caption.
@@ -53,10 +53,13 @@ def train_unet(latent_mean, latent_std, caption_ids, caption_tokens, text_encode
     g = torch.Generator().manual_seed(seed)
     unet = UNet2DConditionModel(**unet_config()) if init_unet is None else init_unet
     unet.requires_grad_(True).train()
-    text_encoder.requires_grad_(True).train()
+    train_text = text_lr > 0
+    text_encoder.requires_grad_(train_text).train(train_text)
     alphas = DDIMScheduler(**scheduler_config()).alphas_cumprod.float()
-    opt = torch.optim.AdamW([{"params": unet.parameters(), "lr": lr},
-                             {"params": text_encoder.parameters(), "lr": text_lr}], weight_decay=0.01)
+    groups = [{"params": unet.parameters(), "lr": lr}]
+    if train_text:
+        groups.append({"params": text_encoder.parameters(), "lr": text_lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
     sched = warmup_cosine(opt, steps)
     first = 0
     if checkpoint is not None and checkpoint.exists():
@@ -68,6 +71,9 @@ def train_unet(latent_mean, latent_std, caption_ids, caption_tokens, text_encode
         g.set_state(state["generator"])
         first = state["step"]
         log(f"unet: resumed from {checkpoint} at step {first}")
+    if not train_text:  # a frozen tower's states are computed once, not every step
+        with torch.no_grad():
+            caption_states, uncond_state = text_encoder(caption_tokens)[0], text_encoder(uncond_tokens[None])[0]
     start = time.time()
     n = latent_mean.shape[0]
     for step in range(first, steps):
@@ -83,13 +89,15 @@ def train_unet(latent_mean, latent_std, caption_ids, caption_tokens, text_encode
         a = alphas[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         drop = torch.rand(batch, generator=g) < dropout
-        tokens = torch.where(drop[:, None], uncond_tokens[None], caption_tokens[caption_ids[idx]])
-        cond = text_encoder(tokens)[0]
+        if train_text:
+            cond = text_encoder(torch.where(drop[:, None], uncond_tokens[None], caption_tokens[caption_ids[idx]]))[0]
+        else:
+            cond = torch.where(drop[:, None, None], uncond_state, caption_states[caption_ids[idx]])
         weight = (1 / a).clamp(max=v_weight_cap)
         loss = (weight * (unet(xt, t, cond).sample - eps) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], 1.0)
         opt.step()
         sched.step()
         if step % 50 == 0 or step == steps - 1:
