@@ -40,10 +40,10 @@ class BuildConfig:
     clip_steps: int = 1500
     vae_steps: int = 1200
     vae_decoder_steps: int = 400
-    unet_steps: int = 16000  # the shape word is learned last, between steps 8,000 and 12,000
+    unet_steps: int = 16000  # the earlier recipe learned the shape word between steps 8,000 and 12,000
     unet_batch: int = 64
     unet_lr: float = 8e-4
-    unet_text_lr: float = 2e-4  # the text tower trains with the UNet (see train_unet)
+    unet_text_lr: float = 0.0  # > 0: fine-tune the text tower with the UNet (see train_unet)
     unet_v_weight_cap: float = 30.0
     unet_offset_noise: float = 0.15
     # A second UNet phase: renders drawn with weight (1 − quality), mostly mediocre pictures as on
@@ -165,9 +165,12 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
     _log(f"vae scaling factor {scaling:.4f}")
 
     t0 = time.time()
-    text_encoder = CLIPTextModel(clip.config.text_config)
-    # transformers ≥ 5 flattens CLIPTextModel (no .text_model); older versions nest it.
-    getattr(text_encoder, "text_model", text_encoder).load_state_dict(clip.text_model.state_dict())
+    # The pipeline's text tower is CLIP's architecture at a seeded random init, frozen, not the
+    # contrastive CLIP's text tower: that one learned colour and little else (swapping the shape word
+    # moves its token states by 0.5% of their variance, against 50% at random init), and a UNet
+    # conditioned on it, or fine-tuning it, learned the shape word last or never.
+    torch.manual_seed(cfg.seed + 5)
+    text_encoder = CLIPTextModel(clip.config.text_config).eval()
     mean, std = encode_latents(vae, data)
     tokens, uncond = tokenize(tokenizer, data.captions), tokenize(tokenizer, [""])[0]
     shared = dict(batch=cfg.unet_batch, v_weight_cap=cfg.unet_v_weight_cap, offset_noise=cfg.unet_offset_noise, log=_log)
@@ -199,9 +202,11 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
               (("unet", unet), ("vae", vae), ("text_encoder", text_encoder), ("clip", clip))}
     return {"training_images": int(data.images.shape[0]), "vae_scaling_factor": scaling, "parameters": params,
             "seeds": {"render": cfg.seed, "clip": cfg.seed + 1, "vae": cfg.seed + 2, "vae_decoder": cfg.seed + 4,
-                      "unet_and_text_encoder": cfg.seed + 3, "unet_phase2": cfg.seed + 7},
+                      "text_encoder_init": cfg.seed + 5, "unet": cfg.seed + 3, "unet_phase2": cfg.seed + 7},
             "steps": {"clip": cfg.clip_steps, "vae": cfg.vae_steps, "vae_decoder": cfg.vae_decoder_steps,
-                      "unet_and_text_encoder": cfg.unet_steps, "unet_phase2 (weight 1 - quality, text tower frozen)": cfg.unet_phase2_steps},
+                      "unet": cfg.unet_steps, "unet_phase2 (weight 1 - quality)": cfg.unet_phase2_steps},
+            "text_encoder": "CLIP text architecture at a seeded random init" + (", frozen" if not cfg.unet_text_lr else
+                                                                                 f", trained with the UNet at lr {cfg.unet_text_lr}"),
             "seconds": {k: round(v, 1) for k, v in timings.items()},
             "reused_from_scratch_checkpoints": reused, **measured}
 
