@@ -28,13 +28,16 @@ def encode_latents(vae, data: RenderedSet, chunk: int = 256) -> tuple[torch.Tens
 def train_unet(latent_mean, latent_std, caption_ids, caption_tokens, text_encoder, uncond_tokens,
                scaling_factor: float, steps: int, seed: int, checkpoint: Path | None = None, batch: int = 64,
                lr: float = 8e-4, text_lr: float = 0.0, dropout: float = 0.1, v_weight_cap: float = 30.0,
-               offset_noise: float = 0.15, init_unet=None, sample_weight: torch.Tensor | None = None, log=print):
+               offset_noise: float = 0.15, init_unet=None, sample_weight: torch.Tensor | None = None, log=print,
+               on_step=None):
     """Train a UNet2DConditionModel conditioned on `text_encoder`; returns (unet, text_encoder).
 
     latent_*: Tensor[N, 4, 16, 16] unscaled; caption_ids Tensor[N] into caption_tokens Tensor[C, L];
     uncond_tokens Tensor[L] (the empty caption). Resumes from `checkpoint` if it exists and saves it
     every 250 steps. init_unet: continue from this UNet instead of a fresh one (a second phase);
     sample_weight: Tensor[N] ≥ 0, draw training images in proportion to it instead of uniformly.
+    on_step(steps_done, unet, text_encoder): called after every step, e.g. to measure the model as it
+    learns (it must leave both as it found them).
 
     text_lr > 0 fine-tunes the text tower with the UNet; 0 keeps it frozen (the build's choice: a
     jointly trained tower grew its colour words' states ~20× and left shape and position at their
@@ -107,4 +110,6 @@ def train_unet(latent_mean, latent_std, caption_ids, caption_tokens, text_encode
             torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "opt": opt.state_dict(),
                         "sched": sched.state_dict(), "generator": g.get_state(), "step": step + 1}, tmp)
             os.replace(tmp, checkpoint)
+        if on_step is not None:
+            on_step(step + 1, unet, text_encoder)
     return unet.eval(), text_encoder.requires_grad_(False).eval()
