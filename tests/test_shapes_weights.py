@@ -66,6 +66,21 @@ def test_recorded_base_model_is_aligned_and_varied(record):
     assert hi - lo > 0.5  # good and bad renderings of the same captions: something for SPO to find
 
 
+def test_shipped_weights_are_the_documented_builds_output(record):
+    # The README promises that `python -m trainer.shapes.build` rebuilds exactly these models: every
+    # entry must come from it, with today's default recipe (a changed recipe needs a rebuild).
+    from dataclasses import asdict
+
+    from trainer.shapes.build import FULL
+
+    assert "provenance" not in record
+    want = json.loads(json.dumps(asdict(FULL)))
+    for stage in ("world", "pipeline", "preference", "spm"):
+        assert record[stage]["command"].startswith("python -m trainer.shapes.build"), stage
+        got = {k: v for k, v in record[stage]["config"].items() if k != "threads"}
+        assert got == {k: v for k, v in want.items() if k != "threads"}, stage
+
+
 def test_missing_weights_name_the_rebuild_command(tmp_path):
     with pytest.raises(ShapesWeightsError, match="trainer.shapes.build") as e:
         check_weights(tmp_path / "nowhere")
@@ -101,12 +116,14 @@ def test_shipped_preference_models_prefer_clean_renders(part):
         assert float((scorer(clean, caps, t) > scorer(ruined, caps, t)).float().mean()) >= 5 / 6
 
 
-def test_shipped_denoiser_uses_the_caption_colour_and_position(pipe):
-    # Swapping an attribute the model has learned raises its x̂0 error where the noise hides it (t = 700).
+def test_shipped_denoiser_uses_every_caption_word(pipe):
+    # Swapping a word the model has learned raises its x̂0 error where the noise hides that word: colour
+    # and position at t = 700, shape (learned last, from fine detail) at t = 300.
     import random
 
     from trainer.shapes.evaluate import caption_sensitivity
 
-    err = caption_sensitivity(pipe, random.Random(1).sample(train_captions(), 16), timesteps=(700,))["700"]
-    assert err["colour"] > 1.5 * err["right"] and err["position"] > 1.5 * err["right"]
-    assert err["uncond"] > err["right"]
+    err = caption_sensitivity(pipe, random.Random(1).sample(train_captions(), 16), timesteps=(300, 700))
+    assert err["700"]["colour"] > 1.5 * err["700"]["right"] and err["700"]["position"] > 1.5 * err["700"]["right"]
+    assert err["300"]["shape"] > 1.5 * err["300"]["right"]
+    assert err["700"]["uncond"] > err["700"]["right"]

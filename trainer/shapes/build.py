@@ -151,6 +151,8 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
                           lambda: pretrain_clip(data, tokenizer, cfg.clip_steps, seed=cfg.seed + 1, log=_log))
     clip.save_pretrained(str(out / "clip"))
     tokenizer.save_pretrained(str(out / "clip"))
+    # here, not after the UNet: `--stage preference` may run beside the UNet and copies them from clip/
+    copy_slow_tokenizer_files(scratch / "tokenizer", out / "clip")
     timings["clip_s"] = time.time() - t0
 
     t0 = time.time()
@@ -190,9 +192,7 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
                                    scheduler=DDIMScheduler(**scheduler_config()), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(str(out / "pipeline"))
-    for dst in (out / "pipeline" / "tokenizer", out / "clip"):  # slow-tokenizer files for transformers < 5
-        for name in ("vocab.json", "merges.txt"):
-            shutil.copyfile(scratch / "tokenizer" / name, dst / name)
+    copy_slow_tokenizer_files(scratch / "tokenizer", out / "pipeline" / "tokenizer")
     scrub_paths(out / "pipeline", scratch, out)
     _log(f"saved pipeline to {out / 'pipeline'}")
     t0 = time.time()
@@ -211,6 +211,12 @@ def stage_pipeline(cfg: BuildConfig, out: Path, scratch: Path) -> dict:
                                                                                  f", trained with the UNet at lr {cfg.unet_text_lr}"),
             "seconds": {k: round(v, 1) for k, v in timings.items()},
             "reused_from_scratch_checkpoints": reused, **measured}
+
+
+def copy_slow_tokenizer_files(src: Path, dst: Path) -> None:
+    """vocab.json and merges.txt next to tokenizer.json: transformers < 5 loads CLIPTokenizer from them."""
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(src / name, dst / name)
 
 
 def measure_pipeline(pipe, data, cfg: BuildConfig) -> dict:

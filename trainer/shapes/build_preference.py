@@ -121,6 +121,6 @@ def stage_spm(cfg, out: Path, scratch: Path, log) -> dict:
     report = json.loads((run / "eval.json").read_text())
     shown = " ".join(a if not a.startswith(str(scratch)) else "<scratch>" + a[len(str(scratch)):] for a in cmd[1:])
     shown = shown.replace(str(out), "<weights>")
-    return {"command": "python " + shown, "seconds": round(time.time() - t0, 1), "steps": report.get("steps"),
+    return {"spm_command": "python " + shown, "seconds": round(time.time() - t0, 1), "steps": report.get("steps"),
             "accuracy_by_timestep_before (= preference model)": report.get("before"),
             "accuracy_by_timestep_after (= spm)": report.get("after")}
