@@ -20,6 +20,7 @@ ground-truth winner (on the same decoded x̂0) by timestep. Prints a table, writ
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -137,6 +138,17 @@ def run_variant(name: str, seed: int, budget: int, eval_seeds: int, threads: int
     }
 
 
+def models_and_preset() -> str:
+    """A fingerprint of what the runs depend on besides their args: the shipped ShapesWorld models
+    (their record.json) and the `shapes` preset."""
+    from trainer.shapes.shipped import weights_dir
+    from trainer.spo.config import PRESETS
+
+    h = hashlib.sha256(weights_dir("record.json").read_bytes())
+    h.update(json.dumps(PRESETS["shapes"], sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -148,13 +160,17 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # A full run takes hours: runs already in --out with the same budget and evaluation seeds are
-    # kept, so the bench can be run in parts (delete the file to start over).
+    # A full run takes hours: runs already in --out with the same budget, evaluation seeds, shipped
+    # models and preset are kept, so the bench can be run in parts (delete the file to start over).
+    args.models_and_preset = models_and_preset()
     done = {}
     if out.exists():
         previous = json.loads(out.read_text())
-        if (previous["args"]["budget"], previous["args"]["eval_seeds"]) == (args.budget, args.eval_seeds):
+        same = ("budget", "eval_seeds", "models_and_preset")
+        if all(previous["args"].get(k) == getattr(args, k) for k in same):
             done = {(r["variant"], r["seed"]): r for r in previous["runs"]}
+        else:
+            print(f"{out}: its runs used other models, preset, budget or evaluation seeds; starting over", flush=True)
     runs = list(done.values())
 
     def held_variants() -> list[str]:
