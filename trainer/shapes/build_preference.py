@@ -76,9 +76,10 @@ def stage_preference(cfg, out: Path, scratch: Path, log) -> dict:
     model.save_pretrained(str(dst))
     tokenizer.save_pretrained(str(dst))
     CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(str(dst))
-    for name in ("vocab.json", "merges.txt"):  # slow-tokenizer files for transformers < 5
-        if (clip_dir / name).exists():
-            shutil.copyfile(clip_dir / name, dst / name)
+    if (clip_dir / "merges.txt").exists():  # absent from a clip/ written by an older build
+        from .build import copy_slow_tokenizer_files
+
+        copy_slow_tokenizer_files(clip_dir, dst)
     oracle = {}
     for k, v in evals.items():
         decided = v.label_0 != 0.5
