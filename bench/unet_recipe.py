@@ -3,11 +3,11 @@
     python -m bench.unet_recipe --steps 3000 --eval-every 1000                      # the build's recipe
     python -m bench.unet_recipe --levels 3 --text clip-tuned --out bench/results/unet_recipe_old.json
 
-Trains the UNet as the build's pipeline stage does (`trainer.shapes.train_unet`, same data, seed and
-schedule over --steps), on the shipped pipeline's VAE unless --vae is given, and every --eval-every
-steps measures it: held-out alignment by term (16 captions × 2 seeds, 20 DDIM steps, CFG 5) and, on
-32 training captions, the denoiser's x̂0 error with one caption word swapped over the error with the
-right caption (`trainer.shapes.evaluate.caption_sensitivity`): 1.0 means the word is ignored.
+Trains the UNet as the build's pipeline stage does (`trainer.shapes.train_unet`, same data, seeds, lr
+and schedule over --steps; --lr to change the rate), on the shipped pipeline's VAE unless --vae is
+given, and every --eval-every steps measures it: held-out alignment by term (16 captions × 2 seeds,
+20 DDIM steps, CFG 5) and, on 32 training captions, the denoiser's x̂0 error with one caption word
+swapped over the error with the right caption (`trainer.shapes.evaluate.caption_sensitivity`): 1.0 means the word is ignored.
 --levels 3 is the earlier UNet (lowest level 4×4); --text picks the text tower: a seeded random init
 or the contrastive CLIP's, frozen or fine-tuned with the UNet (lr 2e-4, as the earlier recipe did).
 Prints a table and writes JSON (rewritten after every measurement).
@@ -31,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3000, help="UNet steps, the length of the lr schedule (default 3000)")
     p.add_argument("--eval-every", type=int, default=1000, help="measure every N steps (default 1000)")
     p.add_argument("--levels", type=int, choices=(3, 4), default=4, help="UNet levels: 4 = the build's (default), 3 = the earlier")
+    p.add_argument("--lr", type=float, default=None, help="UNet learning rate (default: the build's)")
     p.add_argument("--text", choices=TEXTS, default="random-frozen", help="text tower (default random-frozen, the build's)")
     p.add_argument("--vae", type=Path, help="AutoencoderKL directory (default: the shipped pipeline's vae/)")
     p.add_argument("--clip", type=Path, help="CLIPModel directory for --text clip-* (default: the shipped clip/)")
@@ -63,7 +64,9 @@ def text_tower(kind: str, clip_dir: Path):
         tower = CLIPTextModel(clip.config.text_config)
         getattr(tower, "text_model", tower).load_state_dict(clip.text_model.state_dict())
         return tower
-    torch.manual_seed(5)  # the build's text_encoder_init seed
+    from trainer.shapes.build import FULL
+
+    torch.manual_seed(FULL.seed + 5)  # the build's text_encoder_init seed
     return CLIPTextModel(clip_config().text_config)
 
 
@@ -83,7 +86,9 @@ def main(argv=None) -> int:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
+    from trainer.atomic import write_text
     from trainer.malloc import keep_freed_memory
+    from trainer.shapes.build import FULL
     from trainer.shapes.architectures import scheduler_config
     from trainer.shapes.dataset import render_set
     from trainer.shapes.shipped import check_weights, weights_dir
@@ -91,15 +96,16 @@ def main(argv=None) -> int:
     from trainer.shapes.train_unet import encode_latents, train_unet
     from trainer.shapes.world import train_captions
 
+    args.lr = args.lr or FULL.unet_lr
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     pipeline_dir = check_weights()
     vae = AutoencoderKL.from_pretrained(str(args.vae or pipeline_dir / "vae")).eval()
     tokenizer = CLIPTokenizer.from_pretrained(str(pipeline_dir / "tokenizer"))
-    data = render_set(train_captions(), 12, seed=0)  # the build's training set
+    data = render_set(train_captions(), FULL.renders_per_caption, seed=FULL.seed)  # the build's training set
     mean, std = encode_latents(vae, data)
     text = text_tower(args.text, args.clip or weights_dir("clip"))
-    torch.manual_seed(3)  # the build's UNet seed
+    torch.manual_seed(FULL.seed + 3)  # the build's UNet seed
     unet = UNet2DConditionModel(**unet_config(args.levels))
     probe = random.Random(0).sample(train_captions(), 32)
     rows, started = [], time.time()
@@ -122,13 +128,12 @@ def main(argv=None) -> int:
               + ", ".join(f"{k} {v:.2f}" for k, v in r["terms"].items()) + "); swapped/right x̂0 error at t=300/700: "
               + ", ".join(f"{w} {r['swap_error_ratio']['300'][w]:.2f}/{r['swap_error_ratio']['700'][w]:.2f}" for w in WORDS),
               flush=True)
-        from trainer.atomic import write_text
-
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_text(args.out, json.dumps({"args": settings, "rows": rows}, indent=1) + "\n")
 
     train_unet(mean, std, data.caption_ids, tokenize(tokenizer, data.captions), text, tokenize(tokenizer, [""])[0],
-               vae.config.scaling_factor, args.steps, seed=3, init_unet=unet,
+               vae.config.scaling_factor, args.steps, seed=FULL.seed + 3, init_unet=unet, lr=args.lr,
+               batch=FULL.unet_batch, v_weight_cap=FULL.unet_v_weight_cap, offset_noise=FULL.unet_offset_noise,
                text_lr=2e-4 if args.text.endswith("tuned") else 0.0, log=lambda m: None, on_step=on_step)
     print(f"\n{args.levels} levels, text {args.text}\n")
     print("| step | alignment | shape | colour | background | position | shape swap t=300 | position swap t=700 |")
