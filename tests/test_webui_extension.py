@@ -287,3 +287,78 @@ def test_copied_folder_without_trainer_says_how_to_fix(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "the `trainer` package is not importable" in out.stdout and "SCRIPTS 0" in out.stdout
+
+
+# ------------------------------------------------------------------ WebUI versions (1.8: no sampling hook, string infotext)
+
+
+@pytest.fixture
+def webui_version():
+    """setup_webui(..., version=v) for one test; the stand-in is back to 1.10 afterwards."""
+    from modules import processing
+
+    yield
+    processing.set_webui_version((1, 10))
+
+
+@pytest.mark.parametrize("version", [(1, 8), (1, 9), (1, 10)])
+def test_every_version_gets_per_image_strings_that_the_api_can_serialise(tmp_path, webui_version, version):
+    import json
+
+    runner, spo, _ = H.setup_webui(tmp_path, version=version)
+    results = {}
+    for mode in ("per-step", "best-of-k"):
+        p, res = H.run_txt2img(runner, H.spo_args(runner, mode=mode, k=3), batch_size=2, n_iter=2)
+        assert errors.reported == [] and res.comments == ""
+        info = json.loads(res.js())  # the API's response body: A1111 < 1.10 has no fallback for other objects
+        assert info["infotexts"] == res.infotexts
+        assert all(isinstance(v, str) for k, v in p.extra_generation_params.items() if k.startswith("SPO"))
+        for image, text in zip(res.images, res.infotexts):
+            params = infotext_utils.parse_generation_parameters(text)
+            assert params["SPO"] == mode and "function" not in text
+            assert float(params["SPO score"]) == pytest.approx(H.red_score(image), abs=0.1)  # this image's own
+        results[mode] = res
+    assert len({t.split("SPO score: ")[1] for t in results["per-step"].infotexts}) == 4
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DDIM"])
+def test_per_step_on_webui_18_is_the_same_as_on_110(tmp_path, webui_version, sampler):
+    """1.8 has no process_before_every_sampling: SPO reaches the same point through p.sample."""
+    runner, _, _ = H.setup_webui(tmp_path, version=(1, 10))
+    _, new = H.run_txt2img(runner, H.spo_args(runner, k=3), sampler_name=sampler, n_iter=2)
+    runner, spo, _ = H.setup_webui(tmp_path / "18", version=(1, 8))
+    from modules import scripts, sd_samplers
+
+    assert not hasattr(scripts.Script, "process_before_every_sampling")
+    create = sd_samplers.create_sampler
+    _, plain = H.run_txt2img(runner, sampler_name="Euler a", n_iter=2)  # the stand-in does not simulate DDIM itself
+    p, old = H.run_txt2img(runner, H.spo_args(runner, k=3), sampler_name=sampler, n_iter=2)
+    assert sd_samplers.create_sampler is create  # swapped only while p.sample ran
+    assert errors.reported == [] and old.comments == ""
+    assert images_equal(old.images, new.images) and old.infotexts == new.infotexts
+    assert all(H.red_score(a) > H.red_score(b) for a, b in zip(old.images, plain.images))
+
+
+def test_img2img_per_step_on_webui_18(tmp_path, webui_version):
+    from PIL import Image
+
+    init = Image.fromarray(np.full((32, 32, 3), 120, dtype=np.uint8))
+    runner, _, _ = H.setup_webui(tmp_path, img2img=True, version=(1, 10))
+    _, new = H.run_img2img(runner, init, H.spo_args(runner, k=4))
+    runner, _, _ = H.setup_webui(tmp_path / "18", img2img=True, version=(1, 8))
+    _, old = H.run_img2img(runner, init, H.spo_args(runner, k=4))
+    assert errors.reported == [] and old.comments == "" and "SPO score: " in old.infotexts[0]
+    assert images_equal(old.images, new.images)
+
+
+def test_per_step_that_never_reaches_the_sampler_says_so(tmp_path, webui_version, monkeypatch):
+    """A WebUI where SPO cannot reach the sampler: plain images, and the reason in comments and infotext."""
+    runner, spo, module = H.setup_webui(tmp_path, version=(1, 8))
+    monkeypatch.setattr(module.compat, "run_before_sampling", lambda p, hook: None)
+    _, plain = H.run_txt2img(runner)
+    _, res = H.run_txt2img(runner, H.spo_args(runner))
+    assert images_equal(res.images, plain.images)
+    assert "per-step sampling did not run" in res.comments
+    for text in res.infotexts:
+        params = infotext_utils.parse_generation_parameters(text)
+        assert "per-step sampling did not run" in params["SPO skipped"] and "SPO score" not in params
