@@ -362,3 +362,29 @@ def test_per_step_that_never_reaches_the_sampler_says_so(tmp_path, webui_version
     for text in res.infotexts:
         params = infotext_utils.parse_generation_parameters(text)
         assert "per-step sampling did not run" in params["SPO skipped"] and "SPO score" not in params
+
+
+def test_the_extension_needs_no_diffusers_peft_or_accelerate(tmp_path):
+    """A1111 has none of them: load the extension (guided sampling, scorer tab), the real SPM loader and
+    score with all three blocked. (LoRAs are read by the WebUI's own Lora extension.)"""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+for name in ("diffusers", "peft", "accelerate"):
+    sys.modules[name] = None  # not installed
+sys.path.insert(0, {str(H.STANDIN)!r})
+import webui_harness as H
+from pathlib import Path
+runner, spo, module = H.setup_webui(Path({str(tmp_path)!r}))
+module.SPM_CACHE.loader = None  # the real trainer.spm loader
+import torch
+spm = module.SPM_CACHE.get({str(H.REPO / "trainer" / "shapes" / "weights" / "spm")!r}).model
+print("SCORE", float(spm.score(torch.zeros(1, 3, 64, 64), ["a red circle"], torch.tensor([0]))[0]))
+print("LOADED", sorted(m for m in ("diffusers", "peft", "accelerate") if sys.modules.get(m) is not None))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": f"{Path(__file__).parent}:{H.REPO}"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "SCORE " in out.stdout and "LOADED []" in out.stdout, out.stdout
