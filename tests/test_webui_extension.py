@@ -388,3 +388,14 @@ print("LOADED", sorted(m for m in ("diffusers", "peft", "accelerate") if sys.mod
                          env={**__import__("os").environ, "PYTHONPATH": f"{Path(__file__).parent}:{H.REPO}"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "SCORE " in out.stdout and "LOADED []" in out.stdout, out.stdout
+
+
+def test_a_forge_engine_that_is_not_sd_is_refused(tmp_path):
+    """Forge's Flux (and other non-SD engines) set is_sd1 = is_sdxl = False: not an SD-1.5 checkpoint."""
+    runner, spo, _ = H.setup_webui(tmp_path)
+    shared.sd_model.is_sd1 = False
+    _, res = H.run_txt2img(runner, H.spo_args(runner), batch_size=1)
+    assert "SPO supports SD-1.5 and SDXL models only" in res.comments
+    shared.sd_model.is_sd1 = True
+    _, res = H.run_txt2img(runner, H.spo_args(runner), batch_size=1)
+    assert res.comments == "" and "SPO score: " in res.infotexts[0]

@@ -63,6 +63,8 @@ def model_family(sd_model) -> str:
     for flag, name in (("is_sd3", "SD3"), ("is_sd2", "SD2"), ("is_ssd", "SSD-1B")):
         if getattr(sd_model, flag, False):
             return name
+    if getattr(sd_model, "is_sd1", True) is False:  # Forge: Flux and the other non-SD engines set no flag
+        return type(sd_model).__name__
     return "sd15"
 
 
