@@ -2,7 +2,7 @@
 
 Skipped unless SPO_WEBUI_DIR names a WebUI checkout whose `repositories/` are in place
 (README, "AUTOMATIC1111 WebUI"). SPO_WEBUI_PYTHON is the WebUI's own venv Python (default:
-this one). Built once and cached in SPO_WEBUI_CACHE (default: a pytest temp dir), all offline:
+this one); SPO_WEBUI_ARGS adds launcher options (Forge on CPU: "--always-cpu --all-in-fp32"). Built once and cached in SPO_WEBUI_CACHE (default: a pytest temp dir), all offline:
 an openai/clip-vit-large-patch14 config and tokenizer in a private Hugging Face cache (the
 tokenizer made from the BPE file the WebUI's own open-clip-torch ships), a random-weight SD-1.5
 single-file checkpoint instantiated from the WebUI's own v1-inference.yaml (~2 GB), and a
@@ -294,7 +294,7 @@ def webui(assets, data_dir, installed, tmp_path_factory):
     args = [PYTHON, "launch.py", "--skip-prepare-environment", "--api", "--data-dir", str(data_dir),
             "--ckpt", str(data_dir / "models" / "Stable-diffusion" / CKPT), "--no-download-sd-model",
             "--use-cpu", "all", "--no-half", "--precision", "full", "--skip-torch-cuda-test", "--skip-version-check",
-            "--port", str(port)]
+            "--port", str(port)] + os.environ.get("SPO_WEBUI_ARGS", "").split()
     with open(log, "w") as out:
         proc = subprocess.Popen(args, cwd=WEBUI_DIR, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -378,7 +378,7 @@ def test_per_step_txt2img_over_the_api(webui):
         assert params["SPO"] == "per-step" and params["SPO SPM"] == SPM and params["SPO k"] == "2", params
         assert params["SPO window"] == "0.25-1" and "SPO skipped" not in params
         # this image's own score, as the SPM gives it on the returned PNG (8-bit rounding aside)
-        assert float(params["SPO score"]) == pytest.approx(_score(spm, image, "a red circle"), abs=0.05)
+        assert float(params["SPO score"]) == pytest.approx(_score(spm, image, "a red circle"), abs=2e-3)
         assert _differ(image, plain["pil"][i])  # SPO changed the sampling
     assert params["SPO score"] != _params(res, 0)["SPO score"]
     assert res["info"]["extra_generation_params"]["SPO"] == "per-step"
@@ -401,7 +401,7 @@ def test_best_of_k_keeps_the_best_candidate(webui):
         seeds = [seed + j + m * n for m in range(k)]  # copy m of image j has seed s + m·N
         scores = {s: _score(spm, candidates["pil"][s - seed], "a red circle") for s in seeds}
         assert int(params["Seed"]) == max(seeds, key=scores.get), (params, scores)
-        assert params["SPO"] == "best-of-k" and float(params["SPO score"]) == pytest.approx(max(scores.values()), abs=0.05)
+        assert params["SPO"] == "best-of-k" and float(params["SPO score"]) == pytest.approx(max(scores.values()), abs=2e-3)
 
 
 def test_missing_spm_generates_without_spo_and_says_why(webui):

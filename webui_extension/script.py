@@ -245,7 +245,7 @@ class SPOScript(scripts.Script):
                 state.skip(p, fn.report.error, _image_keys(p))
                 return
         try:
-            images = torch.stack([img.float() for img in pp.images]) * 2 - 1
+            images = _as_saved(pp.images) * 2 - 1
             t0 = torch.zeros(len(pp.images), dtype=torch.long)
             scores = guided.score_images(state.spm, images, _spm_prompts(p), t0)
         except Exception as e:
@@ -294,6 +294,12 @@ class SPOScript(scripts.Script):
 def _spm_prompts(p) -> list[str]:
     """The batch's prompts as the SPM reads them: WebUI markup (weights, LoRA tags, ...) removed."""
     return [plain_prompt(text) for text in p.prompts]
+
+
+def _as_saved(images) -> torch.Tensor:
+    """Images in [0, 1] as the WebUI saves them, `(255 · x).astype(uint8)`: the score in the infotext
+    is then the SPM's score of the PNG (a small SPM moves by tenths for that half-level shift)."""
+    return torch.floor(torch.stack([img.float() for img in images]).clamp(0, 1) * 255) / 255
 
 
 def _image_keys(p) -> list[tuple[int, str]]:
