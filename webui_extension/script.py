@@ -266,7 +266,7 @@ class SPOScript(scripts.Script):
         if state is None or not state.settings.enabled:
             return
         i = getattr(p, "batch_index", None)
-        if i is None:  # not set before 1.8's postprocess_image; count instead
+        if i is None:  # a host that does not set p.batch_index: count the calls instead
             i = state.images_seen
         state.images_seen += 1
         try:
