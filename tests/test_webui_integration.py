@@ -347,9 +347,11 @@ def _score(spm, image, prompt: str) -> float:
 
 
 def _differ(a, b) -> bool:
+    """Not pixel-identical. (A random-weight VAE decodes nearly every latent to the same grey, so
+    a different trajectory moves pixels by a level or two: only identity is a safe test.)"""
     import numpy as np
 
-    return np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() > 2
+    return not np.array_equal(np.asarray(a), np.asarray(b))
 
 
 SPM = "shapesworld-spm"
@@ -366,7 +368,7 @@ def test_script_is_listed_with_its_arguments(webui):
     status, info = webui.call("GET", "/sdapi/v1/script-info")
     spo = next(s for s in info if s["name"] == "spo" and not s["is_img2img"])
     assert len(spo["args"]) == 8
-    assert "Error loading script" not in webui.log.read_text()
+    assert "Error loading script: spo_studio.py" not in webui.log.read_text()
 
 
 def test_per_step_txt2img_over_the_api(webui):
@@ -416,7 +418,14 @@ def test_spo_lora_loads_every_module(webui, assets):
     plain = webui.txt2img(batch_size=1)
     res = webui.txt2img(prompt=f"a red circle <lora:{LORA}:1>", batch_size=1)
     status, loaded = webui.call("GET", "/spo-probe/networks")
-    assert status == 200 and loaded == {LORA: assets["lora_modules"]}
+    n = assets["lora_modules"]
+    log = webui.log.read_text()
+    if "[LORA] " in log:  # Forge applies LoRAs with its own patcher and says so in the console
+        loaded_line = next(line for line in log.splitlines() if line.startswith("[LORA] Loaded ") and LORA in line)
+        assert f"-UNet with {n} keys" in loaded_line and "(skipped 0 keys)" in loaded_line, loaded_line
+        assert "unmatched keys" not in log and "mismatch" not in log.lower()
+    else:  # A1111's Lora extension: one network module per LoRA module it matched
+        assert status == 200 and loaded == {LORA: n}
     assert _differ(res["pil"][0], plain["pil"][0])
     assert f"{LORA}: " in _params(res, 0).get("Lora hashes", "")
 
