@@ -192,8 +192,8 @@ def _write_kohya_lora(work: Path, out: Path) -> int:
     sd = {}
     for name in names:
         layer = unet.get_submodule(name)
-        sd[f"unet.{name}.lora.down.weight"] = torch.randn(4, layer.in_features, generator=g) * 0.05
-        sd[f"unet.{name}.lora.up.weight"] = torch.randn(layer.out_features, 4, generator=g) * 0.05
+        sd[f"unet.{name}.lora.down.weight"] = torch.randn(4, layer.in_features, generator=g) * 0.5
+        sd[f"unet.{name}.lora.up.weight"] = torch.randn(layer.out_features, 4, generator=g) * 0.5
     release = work / "spo_lora_diffusers.safetensors"
     save_file(sd, str(release))
     subprocess.run([sys.executable, "-m", "trainer.lora", "convert", str(release), str(out), "--to", "kohya"],
