@@ -137,10 +137,14 @@ def _routes(demo, app):
         loaded = getattr(sys.modules.get("networks"), "loaded_networks", [])
         return {net.name: len(net.modules) for net in loaded}
 
+    def extension_module(suffix):  # whatever package name the entry script loaded the extension under
+        return next(m for n, m in list(sys.modules.items()) if n.endswith("." + suffix) and m is not None
+                    and hasattr(m, {"script": "load_spm_by_name", "scorer_tab": "score_uploads"}[suffix]))
+
     @app.post("/spo-probe/score")
     def score(body: dict):
-        script = sys.modules["webui_extension.script"]
-        tab = sys.modules["webui_extension.scorer_tab"]
+        script = extension_module("script")
+        tab = extension_module("scorer_tab")
         load = lambda name: script.load_spm_by_name(name).model
         gallery, rows, message = tab.score_uploads(body["paths"], body["prompt"], body["spm"], 0, load)
         return {"rows": rows, "message": message}
