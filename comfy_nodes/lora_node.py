@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from .errors import NodeInputError, one_line
+from .errors import NodeInputError, library_imports, one_line
 from .host import filename_list, full_path, show_text_on_node
 from .sampler_node import model_family
 from .spm_nodes import CATEGORY
@@ -103,7 +103,8 @@ class SPOLoraLoader:
 
     def load_lora(self, model, clip, lora_name: str, strength_model: float = 1.0, strength_clip: float = 1.0,
                   unique_id=None):
-        from trainer.lora import read_lora, to_kohya_state_dict
+        with library_imports(NODE):
+            from spo_studio.lora import read_lora, to_kohya_state_dict
 
         path = full_path("loras", lora_name, NODE)
         try:

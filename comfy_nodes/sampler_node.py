@@ -8,7 +8,7 @@ import logging
 import torch
 
 from .convert import comfy_image_to_ours
-from .errors import NodeInputError, one_line
+from .errors import NodeInputError, library_imports, one_line
 from .spm_nodes import CATEGORY, score_images
 
 log = logging.getLogger("spo-studio")
@@ -42,8 +42,9 @@ class SPOSamplerFunction:
     @torch.no_grad()
     def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
         from comfy.k_diffusion.sampling import default_noise_sampler
-        from trainer.spm.weights import check_family
-        from trainer.spo.guided_sampler import spo_guided_sample_traced
+        with library_imports(NODE):
+            from spo_studio.spm.weights import check_family
+            from spo_studio.spo.guided_sampler import spo_guided_sample_traced
 
         extra_args = {} if extra_args is None else extra_args
         base = model.inner_model.inner_model  # KSamplerX0Inpaint -> guider -> BaseModel
