@@ -132,9 +132,9 @@ class SPMCache:
 
 def _trainer_load_spm():
     try:
-        from trainer.spm import load_spm
+        from spo_studio.spm import load_spm
     except ImportError:
-        from trainer.spm.weights import load_spm
+        from spo_studio.spm.weights import load_spm
     return load_spm
 
 
