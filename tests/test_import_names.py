@@ -265,3 +265,33 @@ def test_a1111_style_load_with_the_real_trainer_imported_first(pip_env, tmp_path
     result = _run(A1111_STYLE, None, STANDIN_WEBUI, ext, python=PIP_PYTHON, cwd=tmp_path)
     _assert_ours(result, library)
     assert result["scripts"] == ["SPOScript"]
+
+
+# ---------------------------------------------------------------- a plain clone without `pip install -r`
+
+MISSING = """
+    import importlib.util, json, os, sys
+    paths, _ = json.loads(sys.argv[1]), sys.argv[2]
+    pack, blocked = paths[0], paths[1]
+    sys.modules[blocked] = None          # as if never installed: importing it raises ModuleNotFoundError
+    name = os.path.basename(pack)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(pack, "__init__.py"))
+    module = importlib.util.module_from_spec(spec); sys.modules[name] = module; spec.loader.exec_module(module)
+    try:
+        module.NODE_CLASS_MAPPINGS["SPOLoraLoader"]().load_lora(None, None, "x.safetensors")
+    except Exception as e:
+        print(json.dumps({"type": type(e).__name__, "message": str(e)}))
+"""
+
+
+@pytest.mark.parametrize("blocked", ["safetensors", "spo_studio"])
+def test_a_missing_dependency_is_one_line_naming_what_to_install(tmp_path, blocked):
+    (tmp_path / "custom_nodes").mkdir()
+    pack = tmp_path / "custom_nodes" / "spo-studio"
+    pack.symlink_to(REPO, target_is_directory=True)
+    result = _run(MISSING, pack, Path(blocked), cwd=tmp_path)
+    message = result["message"]
+    assert result["type"] == "NodeInputError" and "\n" not in message, message
+    pip_name = {"spo_studio": "spo-studio"}.get(blocked, blocked)
+    assert message.startswith(f"SPO LoRA Loader: the Python package '{pip_name}' is missing"), message
+    assert f"python -m pip install -r {pack.resolve() / 'requirements.txt'}" in message
