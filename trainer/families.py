@@ -29,6 +29,7 @@ class Family:
         (kohya's ss_* and sai_model_spec) we write; ss_version_prefixes, architecture_prefixes: the
         value prefixes that mark another tool's LoRA as made for this family when read.
     unet_signature: UNet config entries that identify the family (empty: none, detected otherwise).
+    single_file_key_prefixes: state-dict key prefixes only its original-layout single-file checkpoints have.
     comfy_model_configs: ComfyUI `model_config` class names of its models.
     a1111_flag: the `sd_model` attribute A1111 sets True for its models (None: the default family).
     """
@@ -49,6 +50,7 @@ class Family:
     ss_version_prefixes: tuple[str, ...] = ()
     architecture_prefixes: tuple[str, ...] = ()
     unet_signature: dict = field(default_factory=dict)
+    single_file_key_prefixes: tuple[str, ...] = ()
     comfy_model_configs: tuple[str, ...] = ()
     a1111_flag: str | None = None
 
@@ -62,6 +64,7 @@ FAMILIES: dict[str, Family] = {
         ss_base_model_version="sd_v1", modelspec_architecture="stable-diffusion-v1/lora",
         ss_version_prefixes=("sd_v1",), architecture_prefixes=("stable-diffusion-v1",),
         unet_signature={"cross_attention_dim": 768, "block_out_channels": [320, 640, 1280, 1280]},
+        single_file_key_prefixes=("cond_stage_model.transformer.",),
         comfy_model_configs=("SD15",),
     ),
     "sdxl": Family(
@@ -74,6 +77,7 @@ FAMILIES: dict[str, Family] = {
         modelspec_implementation="https://github.com/Stability-AI/generative-models",
         ss_version_prefixes=("sdxl",), architecture_prefixes=("stable-diffusion-xl",),
         unet_signature={"addition_embed_type": "text_time"},
+        single_file_key_prefixes=("conditioner.embedders.1.",),
         comfy_model_configs=("SDXL", "SSD1B", "Segmind_Vega"),
         a1111_flag="is_sdxl",
     ),
@@ -108,6 +112,15 @@ def family_of_unet_config(cfg: dict) -> str | None:
     for name in REAL_FAMILIES:
         sig = FAMILIES[name].unet_signature
         if sig and all(_same(cfg.get(k), v) for k, v in sig.items()):
+            return name
+    return None
+
+
+def family_of_checkpoint_keys(keys) -> str | None:
+    """The real family whose single-file checkpoint keys these are; None if none."""
+    keys = list(keys)
+    for name in REAL_FAMILIES:
+        if any(k.startswith(FAMILIES[name].single_file_key_prefixes) for k in keys):
             return name
     return None
 

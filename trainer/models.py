@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from .families import FAMILIES, Family, family_of_unet_config
+from .families import FAMILIES, Family, family_of_checkpoint_keys, family_of_unet_config
 from .schedule import NoiseSchedule, guided
 
 
@@ -198,10 +198,9 @@ def detect_family_from_dir(path: Path) -> str:
 def detect_family_from_keys(keys: Sequence[str], path: str) -> str:
     """sd15 / sdxl from the key names of an original-layout single-file checkpoint."""
     keys = set(keys)
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
-        return "sd15"
+    family = family_of_checkpoint_keys(keys)
+    if family is not None:
+        return family
     if any(k.startswith("cond_stage_model.model.") for k in keys):
         raise ModelLoadError(f"{path}: looks like an SD-2.x checkpoint; spo-studio supports SD-1.5 and SDXL")
     raise ModelLoadError(f"{path}: unknown checkpoint family (neither SD-1.5 nor SDXL keys found)")
