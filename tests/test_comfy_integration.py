@@ -11,6 +11,9 @@ a random-weight SD-1.5 single-file checkpoint (real architecture, so ComfyUI det
         python -m pytest tests/test_comfy_integration.py -q
 
 This file is also the driver that runs inside ComfyUI: `python test_comfy_integration.py SPEC.json`.
+It is meant for every ComfyUI `pyproject.toml` admits (requires-comfyui, 0.3.40 on): where
+ComfyUI's own signatures changed (executor caching, prompt validation, node init), it passes
+only what the running version accepts.
 """
 from __future__ import annotations
 
