@@ -104,6 +104,13 @@ def _boot_comfy(spec: dict):
     return folder_paths, nodes
 
 
+def _partial_name(checkpoint: str) -> str:
+    """Where the checkpoint is written before its atomic rename. ComfyUI's load_torch_file picks the
+    safetensors reader by the name's ending (torch.load otherwise), so the name keeps `.safetensors`."""
+    stem, ext = os.path.splitext(checkpoint)
+    return f"{stem}.partial{ext}"
+
+
 def _convert_checkpoint(spec: dict) -> dict:
     """Random diffusers SD-1.5 components -> ComfyUI's single-file checkpoint (its own converter)."""
     import torch
@@ -114,8 +121,7 @@ def _convert_checkpoint(spec: dict) -> dict:
     import comfy.utils
 
     unet, clip, vae = comfy.diffusers_load.load_diffusers(spec["diffusers_dir"])
-    # ComfyUI's load_torch_file picks safetensors by the name's ending, and torch.load otherwise
-    tmp = spec["checkpoint"][: -len(".safetensors")] + ".partial.safetensors"
+    tmp = _partial_name(spec["checkpoint"])
     comfy.sd.save_checkpoint(tmp, unet, clip, vae)
     sd = comfy.utils.load_torch_file(tmp)
     comfy.utils.save_torch_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in sd.items()}, tmp)
