@@ -182,10 +182,18 @@ def test_comfyui_style_load_beside_a_foreign_trainer_imported_first(tmp_path):
     assert result["scores"] == pytest.approx([0.8, 0.0, -0.6], abs=1e-6)
 
 
-@pytest.mark.parametrize("how", ["repo", "link"])
+@pytest.mark.parametrize("how", ["repo", "link", "copy"])
 def test_a1111_style_load_beside_a_foreign_trainer_imported_first(tmp_path, how):
     site = _foreign_trainer(tmp_path)
-    result = _run(A1111_STYLE, site, STANDIN_WEBUI, _extensions(tmp_path, how), cwd=tmp_path)
+    if how == "copy":  # only webui_extension/, copied; the library "installed" in site-packages as pip lays it out
+        import shutil
+
+        (site / "spo_studio").symlink_to(REPO / "trainer", target_is_directory=True)
+        ext = tmp_path / "extensions"
+        shutil.copytree(REPO / "webui_extension", ext / "spo-copy", ignore=shutil.ignore_patterns("__pycache__"))
+    else:
+        ext = _extensions(tmp_path, how)
+    result = _run(A1111_STYLE, site, STANDIN_WEBUI, ext, cwd=tmp_path)
     _assert_ours(result, REPO / "trainer")
     assert result["scripts"] == ["SPOScript"]
 
