@@ -11,6 +11,9 @@ a random-weight SD-1.5 single-file checkpoint (real architecture, so ComfyUI det
         python -m pytest tests/test_comfy_integration.py -q
 
 This file is also the driver that runs inside ComfyUI: `python test_comfy_integration.py SPEC.json`.
+It is meant for every ComfyUI `pyproject.toml` admits (requires-comfyui, 0.3.40 on): where
+ComfyUI's own signatures changed (executor caching, prompt validation, node init), it passes
+only what the running version accepts.
 """
 from __future__ import annotations
 
@@ -32,28 +35,63 @@ STEPS, SIZE = 4, 64
 # ====================================================================== the driver (inside ComfyUI)
 
 
-def _stub_torchvision() -> None:
-    """A CPU-only torch has no matching torchvision wheel; SD runs never call into it.
+class _AbsentMeta(type):
+    """What a stand-in module hands out: importable, subclassable, and an error only when used."""
 
-    transformers is imported first, so that it records torchvision as absent (it checks once).
+    def __call__(cls, *args, **kwargs):
+        raise RuntimeError(f"{cls.__qualname__}: not installed here (a stand-in of the ComfyUI test driver)")
+
+    def __getattr__(cls, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _AbsentMeta(f"{cls.__qualname__}.{attr}", (), {"__qualname__": f"{cls.__qualname__}.{attr}"})
+
+
+class _AbsentFinder:
+    """Imports of `name` and any `name.sub.module` get stand-in modules (a meta-path finder)."""
+
+    def __init__(self, names):
+        self.names = set(names)
+
+    def find_spec(self, fullname, path=None, target=None):
+        import importlib.machinery
+
+        if fullname.split(".")[0] in self.names:
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        import types
+
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+        module.__getattr__ = lambda attr: getattr(_AbsentMeta(spec.name, (), {"__qualname__": spec.name}), attr)
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+def _stub_absent_media_packages() -> None:
+    """torchvision and torchaudio stand-ins where no wheel for the installed CPU torch loads.
+
+    SD-1.5 runs never call into them, but ComfyUI imports them at start-up (more of them with each
+    release: torchaudio at module level and torchvision.ops in model_base by 0.28). A package that
+    loads is used as it is. transformers is imported first, so that it records them as absent (it
+    checks once).
     """
-    import importlib.machinery
-    import types
-
     import transformers  # noqa: F401
 
-    try:
-        import torchvision  # noqa: F401
-        return
-    except Exception:
-        pass
-    tv = types.ModuleType("torchvision")
-    tv.__spec__ = importlib.machinery.ModuleSpec("torchvision", None)
-    tv.transforms = types.ModuleType("torchvision.transforms")
-    tv.transforms.functional = types.ModuleType("torchvision.transforms.functional")
-    tv.models = None
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms,
-                        "torchvision.transforms.functional": tv.transforms.functional})
+    absent = []
+    for name in ("torchvision", "torchaudio"):
+        try:
+            __import__(name)
+        except Exception:
+            for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+                del sys.modules[key]  # a half-loaded package (a wheel built for another torch)
+            absent.append(name)
+    if absent:
+        sys.meta_path.insert(0, _AbsentFinder(absent))
 
 
 def _run(value):
@@ -63,11 +101,36 @@ def _run(value):
     return asyncio.run(value) if inspect.isawaitable(value) else value
 
 
+def _supported(fn, **kwargs) -> dict:
+    """The keyword arguments `fn` accepts in this ComfyUI version (others are newer options left out)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _executor_options(execution) -> dict:
+    """PromptExecutor's options as main.py builds them for `--cache-classic` (outputs dropped as soon as
+    they are used, so no job is served from another's cache), in the running version's terms: 0.3.x
+    takes cache_size; 0.8 cache_args with "lru" and "ram"; by 0.28 execute() also reads "ram_inactive"."""
+    return _supported(execution.PromptExecutor, cache_type=execution.CacheType.CLASSIC, cache_size=None,
+                      cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+
+
+def _validate(execution, prompt_id: str, prompt: dict):
+    """execution.validate_prompt across versions: (prompt), (id, prompt), (id, prompt, partial list); sync or async."""
+    import inspect
+
+    n = len(inspect.signature(execution.validate_prompt).parameters)
+    args = {1: (prompt,), 2: (prompt_id, prompt)}.get(n, (prompt_id, prompt, None))
+    return _run(execution.validate_prompt(*args))
+
+
 def _boot_comfy(spec: dict):
     comfy_dir = spec["comfy_dir"]
     os.chdir(comfy_dir)
     sys.path.insert(0, comfy_dir)
-    _stub_torchvision()
+    _stub_absent_media_packages()
     out = spec["work"]
     for d in ("output", "temp", "user"):
         os.makedirs(f"{out}/{d}", exist_ok=True)
@@ -84,6 +147,13 @@ def _boot_comfy(spec: dict):
     return folder_paths, nodes
 
 
+def _partial_name(checkpoint: str) -> str:
+    """Where the checkpoint is written before its atomic rename. ComfyUI's load_torch_file picks the
+    safetensors reader by the name's ending (torch.load otherwise), so the name keeps `.safetensors`."""
+    stem, ext = os.path.splitext(checkpoint)
+    return f"{stem}.partial{ext}"
+
+
 def _convert_checkpoint(spec: dict) -> dict:
     """Random diffusers SD-1.5 components -> ComfyUI's single-file checkpoint (its own converter)."""
     import torch
@@ -94,7 +164,7 @@ def _convert_checkpoint(spec: dict) -> dict:
     import comfy.utils
 
     unet, clip, vae = comfy.diffusers_load.load_diffusers(spec["diffusers_dir"])
-    tmp = spec["checkpoint"] + ".tmp"
+    tmp = _partial_name(spec["checkpoint"])
     comfy.sd.save_checkpoint(tmp, unet, clip, vae)
     sd = comfy.utils.load_torch_file(tmp)
     comfy.utils.save_torch_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in sd.items()}, tmp)
@@ -124,7 +194,7 @@ def _run_workflows(spec: dict) -> dict:
     import execution
     from PIL import Image
 
-    _run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    _run(nodes.init_extra_nodes(**_supported(nodes.init_extra_nodes, init_custom_nodes=False, init_api_nodes=False)))
     loaded = _run(nodes.load_custom_node(spec["pack"]))
     for folder, path in spec["folders"].items():
         folder_paths.add_model_folder_path(folder, path)
@@ -146,11 +216,11 @@ def _run_workflows(spec: dict) -> dict:
 
     comfy.model_base.BaseModel.apply_model = counting_apply_model
     server = _Server()
-    executor = execution.PromptExecutor(server, cache_args={"lru": 0, "ram": 0})
+    executor = execution.PromptExecutor(server, **_executor_options(execution))
     for name, prompt in spec["jobs"].items():
         rows.clear()
         pid = str(uuid.uuid4())
-        valid = _run(execution.validate_prompt(pid, prompt, None))
+        valid = _validate(execution, pid, prompt)
         job = {"valid": bool(valid[0])}
         if not valid[0]:
             job["error"] = valid[1]
