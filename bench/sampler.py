@@ -40,6 +40,7 @@ class Method:
     name: str
     judge: str  # "none" | "oracle" | "spm" | "oracle+noise<s>"
     config: StrategyConfig
+    ablation: bool = False  # an fk variant beside the main curve
 
 
 @dataclass
@@ -98,28 +99,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=4, help="seeds per caption (default 4)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)")
-    p.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8], help="particles / trajectories (default 2 4 8)")
+    p.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8], help="best-of-k: k (default 2 4 8)")
+    p.add_argument("--fk-ks", type=int, nargs="+", default=[2, 4], help="fk: particles (default 2 4)")
     p.add_argument("--fk-window", type=float, nargs=2, default=(0.4, 0.7), metavar=("START", "END"),
                    help="fk: resample inside this fraction of the steps (default 0.4 0.7: the oracle on x̂0 "
                         "predicts the final aesthetic from about step 8 of 20 on, and copies made late barely diverge)")
     p.add_argument("--fk-every", type=int, default=4, help="fk: resample every N steps of the window (default 4: "
                                                            "steps 8 and 12 of 20)")
-    p.add_argument("--potential", default="max", help="fk potential of the main curve (default max)")
-    p.add_argument("--lam-oracle", type=float, default=4.0, help="fk λ with the oracle (aesthetic units; default 4)")
-    p.add_argument("--lam-spm", type=float, default=4.0, help="fk λ with the SPM (SPM score units; default 4)")
+    p.add_argument("--potential", default="difference", help="fk potential of the main curve (default difference)")
+    p.add_argument("--lam-oracle", type=float, default=16.0, help="fk λ with the oracle (aesthetic units; default 16)")
+    p.add_argument("--lam-spm", type=float, default=16.0, help="fk λ with the SPM (SPM score units; default 16)")
     p.add_argument("--greedy-k", type=int, default=4, help="greedy candidates per judged step (default 4)")
-    p.add_argument("--greedy-every", type=int, default=2, help="greedy: judge every N steps (default 2)")
-    p.add_argument("--ablate", nargs="*", default=["difference", "sum"], help="other fk potentials at k = 4")
-    p.add_argument("--noise", type=float, nargs="*", default=[0.5, 1.0, 2.0],
+    p.add_argument("--greedy-every", type=int, default=4, help="greedy: judge every N steps (default 4)")
+    p.add_argument("--ablate", nargs="*", default=["max:16", "difference:4"],
+                   help="other fk settings POTENTIAL:LAMBDA at k = 4 with the SPM judge (default max:16 difference:4)")
+    p.add_argument("--noise", type=float, nargs="*", default=[0.3, 1.0],
                    help="oracle noise levels (aesthetic units) for the judge-accuracy sweep at k = 4")
-    p.add_argument("--batch", type=int, default=16, help="images sampled together (default 16)")
+    p.add_argument("--batch", type=int, default=32, help="images sampled together (default 32)")
     p.add_argument("--quick", action="store_true", help="4 captions × 3 seeds, k = 2 4, no ablation, one noise level")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--out", default="bench/results/sampler.json", help="JSON result path")
     p.add_argument("--plot", default="bench/results/sampler.png", help="PNG plot path ('' for none)")
     args = p.parse_args(argv)
     if args.quick:
-        args.captions, args.seeds, args.ks, args.ablate, args.noise = 4, 3, [2, 4], [], args.noise[:1]
+        args.captions, args.seeds, args.ks, args.fk_ks, args.ablate, args.noise = 4, 3, [2, 4], [4], [], args.noise[:1]
     return args
 
 
@@ -129,13 +132,19 @@ def methods(args) -> list[Method]:
     out = [Method("plain", "none", StrategyConfig(name="plain")),
            Method(f"best-of-{max(args.ks)}", "oracle", StrategyConfig(name="best-of-k", k=max(args.ks)))]
     for judge, lam in (("oracle", args.lam_oracle), ("spm", args.lam_spm)):
-        out += [Method(f"fk-{args.potential}-k{k}", judge, fk.replace(k=k, lam=lam)) for k in args.ks]
+        out += [Method(f"fk-{args.potential}-k{k}", judge, fk.replace(k=k, lam=lam)) for k in args.fk_ks]
         out.append(Method(f"greedy-k{args.greedy_k}-every{args.greedy_every}", judge,
                           StrategyConfig(name="greedy", k=args.greedy_k, every=args.greedy_every, window=(0.2, 1.0))))
-        out += [Method(f"fk-{pot}-k4", judge, fk.replace(k=4, lam=lam, potential=pot)) for pot in args.ablate]
+    for spec in args.ablate:
+        pot, lam = spec.split(":") if ":" in spec else (spec, args.lam_spm)
+        out.append(Method(f"fk-{pot}-k4-lam{float(lam):g}", "spm", fk.replace(k=4, lam=float(lam), potential=pot),
+                          ablation=True))
     out += [Method("fk-" + args.potential + "-k4", f"oracle+noise{s:g}", fk.replace(k=4, lam=args.lam_oracle))
             for s in args.noise]
     return out
+
+
+PROBE_STEPS = (4, 8, 12, 16)  # where the best-of-K run records every particle's judged x̂0 (not counted in its cost)
 
 
 class Bench:
@@ -170,6 +179,10 @@ class Bench:
         seconds, rows = self.clock[key]
         return seconds / max(rows, 1)
 
+    def decode(self, latents) -> torch.Tensor:
+        """VAE decode in chunks of 32 (this small VAE is fastest per image there on a CPU)."""
+        return torch.cat([self.model.decode(c.to(self.model.dtype)).float() for c in latents.split(32)])
+
     def oracle(self, images) -> torch.Tensor:
         return self.truth.aesthetic(to_world_size(images.float(), self.size)).double().cpu()
 
@@ -189,7 +202,11 @@ class Bench:
         a, model = self.args, self.model
         from trainer.spo.guided_sampler import model_denoiser
 
+        from trainer.scoring import score_batch
+        from trainer.spo.guided_sampler import sigma_to_timestep
+
         images, evals, scored, agree, pairs, finals = [], 0, 0, 0, 0, []
+        probes: dict[int, list] = {}  # best-of-k: step -> per chunk (t, oracle [K, B], SPM [K, B]) of every particle
         start = time.perf_counter()
         excluded = 0.0  # time spent on measurement only (the oracle beside the SPM, final-particle decodes)
         for c0 in range(0, len(self.jobs), a.batch):
@@ -203,11 +220,23 @@ class Bench:
             B = len(chunk)
 
             def denoise(xs, sig):
-                return self.timed("model", lambda: den(xs, sig), xs.shape[0])
+                nonlocal excluded
+                x0 = self.timed("model", lambda: den(xs, sig), xs.shape[0])
+                if method.config.name == "best-of-k" and xs.shape[0] > B:  # probe the particles' x̂0
+                    i = int((self.sigmas.to(sig.device) - sig[0]).abs().argmin())
+                    if i in PROBE_STEPS:
+                        m = time.perf_counter()
+                        reps = xs.shape[0] // B
+                        imgs = self.decode(x0)
+                        t = sigma_to_timestep(sig, self.model.schedule)
+                        spm = score_batch(self.spm, imgs, prompts * reps, t, chunk=64).double().reshape(reps, B)
+                        probes.setdefault(i, []).append((int(t[0]), self.oracle(imgs).reshape(reps, B), spm))
+                        excluded += time.perf_counter() - m
+                return x0
 
             def score_x0(x0, t):
                 nonlocal agree, pairs, excluded
-                imgs = self.timed("decode", lambda: model.decode(x0.to(model.dtype)).float(), x0.shape[0])
+                imgs = self.timed("decode", lambda: self.decode(x0), x0.shape[0])
                 reps = x0.shape[0] // B
                 s = self.judge_scores(method.judge, imgs, prompts * reps, t, judge_gen)
                 if method.judge != "oracle" or int(t.max()) == 0:
@@ -226,9 +255,11 @@ class Bench:
             evals += trace.model_evals * B
             scored += trace.scorer_images * B
             x_vp = trace.x / (1 + self.sigmas[-1] ** 2).sqrt()
-            images.append(self.timed("decode", lambda: model.decode(x_vp.to(model.dtype)).float().cpu(), B))
+            images.append(self.timed("decode", lambda: self.decode(x_vp).cpu(), B))
         seconds = time.perf_counter() - start - excluded
         n = len(self.jobs)
+        self.probes = {i: (v[0][0], torch.cat([o for _, o, _ in v], 1), torch.cat([p for _, _, p in v], 1))
+                       for i, v in probes.items()}
         return (torch.cat(images), evals / n, scored / n, seconds / n, (agree / pairs if pairs else None),
                 torch.cat(finals, dim=1) if finals else None)
 
@@ -281,6 +312,25 @@ def best_of_k_results(bench: Bench, finals: torch.Tensor, judges: list[str], ks:
     return out
 
 
+def step_accuracy(bench: Bench, finals: torch.Tensor) -> list[dict]:
+    """How well each judge, at each probed step, orders the K particles of a job by their FINAL aesthetic:
+    pairwise accuracy of the oracle on x̂0, of the SPM on x̂0 at the step's timestep, and of the SPM
+    against the oracle on the same x̂0. finals: [K, N, 3, H, W]."""
+    K, N = finals.shape[:2]
+    final = bench.oracle(finals.reshape(K * N, *finals.shape[2:])).reshape(K, N)
+    prompts = [c for _, c, _ in bench.jobs]
+    from trainer.scoring import score_batch
+
+    spm0 = score_batch(bench.spm, finals.reshape(K * N, *finals.shape[2:]), prompts * K, 0, chunk=64).double().reshape(K, N)
+    rows = []
+    for i, (t, oracle, spm) in sorted(bench.probes.items()) + [(len(bench.sigmas) - 1, (0, final, spm0))]:
+        acc = {name: (lambda ok_tot: ok_tot[0] / max(ok_tot[1], 1))(pairwise_agreement(a, b))
+               for name, (a, b) in {"oracle_vs_final": (oracle, final), "spm_vs_final": (spm, final),
+                                    "spm_vs_oracle": (spm, oracle)}.items()}
+        rows.append({"step": i, "timestep": t, **acc})
+    return rows
+
+
 def paired(a: Result, b: Result) -> dict:
     d = a._aesthetic - b._aesthetic
     mean, ci = mean_ci95(d)
@@ -321,20 +371,23 @@ def run(args) -> tuple[list[Result], dict]:
         print(f"  {m.name:<22} {m.judge:<16} {time.perf_counter() - t0:6.1f} s", file=sys.stderr, flush=True)
         if m.config.name == "best-of-k":
             results += best_of_k_results(bench, finals, judges_seen, args.ks)
+            bench.step_accuracy = step_accuracy(bench, finals)
             continue
         settings = {f: getattr(m.config, f) for f in ("k", "window", "every", "potential", "lam")}
+        settings["ablation"] = m.ablation
         settings["judged_steps"] = ([i for i, b in enumerate(branched_steps(bench.sigmas, m.config.window, m.config.every)) if b]
                                     if m.config.name == "greedy" else resampling_steps(m.config, bench.sigmas))
         results.append(bench.result(m.name, m.config.name, m.judge, m.config.k if m.config.name != "plain" else 1,
                                     imgs, evals, scored, secs, acc, settings))
     compare(results, bench)
     profile = {key: {"seconds": s, "rows": n, "seconds_per_row": s / max(n, 1)} for key, (s, n) in bench.clock.items()}
+    profile["step_accuracy"] = getattr(bench, "step_accuracy", [])
     return results, profile
 
 
 def profile_table(results: list[Result], profile: dict) -> str:
     """Where the time goes, per image: model evaluations, decodes of scored images, the judge, the final decode."""
-    u = {k: v["seconds_per_row"] for k, v in profile.items()}
+    u = {k: v["seconds_per_row"] for k, v in profile.items() if k != "step_accuracy"}
     head = f"{'method':<22} {'judge':<10} {'model s':>8} {'decode s':>9} {'judge s':>8} {'total s':>8} {'measured':>9}"
     lines = ["unit costs (s): " + ", ".join(f"{k} {v * 1000:.2f} ms/row" for k, v in u.items()), head, "-" * len(head)]
     for r in results:
@@ -347,6 +400,16 @@ def profile_table(results: list[Result], profile: dict) -> str:
         measured = "" if r.seconds_per_image_measured is None else f"{r.seconds_per_image_measured:.3f}"
         lines.append(f"{r.method:<22} {r.judge:<10} {model:>8.3f} {decode:>9.3f} {judge:>8.3f} "
                      f"{model + decode + judge:>8.3f} {measured:>9}")
+    return "\n".join(lines)
+
+
+def accuracy_table(rows: list[dict]) -> str:
+    """Pairwise accuracy, on the best-of-K run's own particles, of each judge at each step."""
+    head = f"{'step':>4} {'t':>4} {'oracle vs final':>16} {'SPM vs final':>13} {'SPM vs oracle':>14}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['step']:>4} {r['timestep']:>4} {r['oracle_vs_final']:>16.3f} {r['spm_vs_final']:>13.3f} "
+                     f"{r['spm_vs_oracle']:>14.3f}")
     return "\n".join(lines)
 
 
@@ -380,6 +443,8 @@ def main(argv=None) -> int:
     print(table(results))
     print()
     print(profile_table(results, profile))
+    print()
+    print(accuracy_table(profile["step_accuracy"]))
     from trainer.atomic import write_text
 
     out = Path(args.out)

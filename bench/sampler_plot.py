@@ -38,9 +38,8 @@ class Axes:
         l, t, r, b = x0 + PAD_L, y0 + PAD_T, x0 + W - PAD_R, y0 + H - PAD_B
         self.box = (l, t, r, b)
         draw.rectangle(self.box, outline=(0, 0, 0))
-        draw.text((l, y0 + 8), title, fill=(0, 0, 0), font=f)
+        draw.text((l, y0 + 8), f"{title}   [y: {ylabel}]", fill=(0, 0, 0), font=f)
         draw.text(((l + r) // 2 - 4 * len(xlabel), b + 26), xlabel, fill=(0, 0, 0), font=small)
-        draw.text((x0 + 4, t - 16), ylabel, fill=(0, 0, 0), font=small)
         for v in self._ticks(*xlim, log=logx):
             px = self.px(v, ylim[0])[0]
             draw.line((px, b, px, b + 4), fill=(0, 0, 0))
@@ -104,17 +103,8 @@ def _curves(results, judge, xkey):
         elif r["strategy"] == "greedy":
             out.setdefault("greedy", []).append(point)
         elif r["strategy"] == "fk":
-            main = r["settings"].get("potential") == _main_potential(results)
-            out.setdefault("fk" if main else "fk-ablation", []).append(point)
+            out.setdefault("fk-ablation" if r["settings"].get("ablation") else "fk", []).append(point)
     return out
-
-
-def _main_potential(results):
-    ks = [r for r in results if r["strategy"] == "fk"]
-    counts: dict[str, int] = {}
-    for r in ks:
-        counts[r["settings"]["potential"]] = counts.get(r["settings"]["potential"], 0) + 1
-    return max(counts, key=counts.get) if counts else None
 
 
 def plot(payload: dict, out: Path) -> None:
@@ -130,14 +120,13 @@ def plot(payload: dict, out: Path) -> None:
         xlim = (min(xs) / 1.3, max(xs) * 1.3)
         for col, judge in enumerate(("oracle", "spm")):
             title = ("judge: ground-truth aesthetic (oracle)" if judge == "oracle" else "judge: shipped SPM")
-            ax = Axes(d, col * W, row * H, xlim, ylim, title, xlabel, "aesthetic (0-10)", logx=True)
+            ax = Axes(d, col * W, row * H, xlim, ylim, title, xlabel, "aesthetic", logx=True)
             for name, pts in _curves(results, judge, xkey).items():
                 ax.series(pts, COLOURS[name], name, line=name in ("best-of-k", "fk"))
     # gain vs judge accuracy
     pts, labels = [], []
     for r in results:
-        if r["strategy"] == "fk" and r["k"] == 4 and r.get("vs_best_of_k_evals") and \
-                r["settings"].get("potential") == _main_potential(results):
+        if r["strategy"] == "fk" and r["k"] == 4 and r.get("vs_best_of_k_evals") and not r["settings"].get("ablation"):
             acc = 1.0 if r["judge"] == "oracle" else r.get("judge_pairwise_accuracy")
             if acc is not None:
                 c = r["vs_best_of_k_evals"]
@@ -147,7 +136,7 @@ def plot(payload: dict, out: Path) -> None:
         lo = min(p[1] - p[2] for p in pts)
         hi = max(p[1] + p[2] for p in pts)
         ax = Axes(d, 2 * W, 0, (0.45, 1.02), (min(lo, -0.05), max(hi, 0.05)),
-                  "fk k=4 minus best-of-4, same judge", "judge pairwise accuracy vs the oracle", "Δ aesthetic")
+                  "fk k=4 minus best-of-4, same judge", "judge pairwise accuracy vs the oracle", "aesthetic diff")
         zero = ax.px(0.45, 0.0)[1]
         d.line((ax.box[0], zero, ax.box[2], zero), fill=(120, 120, 120))
         for (x, y, ci), lab in zip(pts, labels):

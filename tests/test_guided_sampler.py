@@ -545,8 +545,8 @@ def test_benchmark_runs_every_strategy_at_equal_budget_and_writes_json_and_plot(
     save_pretrained(spm, tmp_path / "spm")
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     rc = main(["--model", str(tiny_pipeline[0]), "--spm", str(tmp_path / "spm"), "--captions", "2", "--seeds", "2",
-               "--steps", "5", "--ks", "2", "--fk-window", "0.2", "1.0", "--fk-every", "2", "--greedy-k", "2",
-               "--ablate", "--noise", "0.5", "--batch", "4", "--out", str(out), "--plot", str(png)])
+               "--steps", "5", "--ks", "2", "--fk-ks", "2", "--fk-window", "0.2", "1.0", "--fk-every", "2", "--greedy-k", "2",
+               "--greedy-every", "2", "--ablate", "--noise", "0.5", "--batch", "4", "--out", str(out), "--plot", str(png)])
     assert rc == 0
     rows = {(r["method"], r["judge"]): r for r in json.loads(out.read_text())["results"]}
     # 5 DDIM steps (the last into ᾱ_0, σ > 0): plain 5 evaluations; fk / best-of-2: 1 + 2·4 = 9

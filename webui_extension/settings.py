@@ -17,8 +17,8 @@ POTENTIALS = ("difference", "max", "sum")  # trainer.spo.strategies.POTENTIALS (
 K_MAX = 16
 # The judged steps each guided mode starts with (the UI switches the sliders when the mode
 # changes); bench/sampler.py measures exactly these: fk resamples at steps 8 and 12 of 20,
-# per-step branches every 2nd step from step 4.
-MODE_WINDOWS = {"per-step": (0.2, 1.0, 2), "fk": (0.4, 0.7, 4)}
+# per-step branches every 4th step from step 4 (4, 8, 12, 16).
+MODE_WINDOWS = {"per-step": (0.2, 1.0, 4), "fk": (0.4, 0.7, 4)}
 
 # Infotext keys (PNG info). A1111's parser accepts letters, digits, spaces, "-" and "/".
 KEY_MODE = "SPO"
@@ -57,9 +57,9 @@ class SPOSettings:
     window_end: float = 1.0
     selection: str = "best"
     temperature: float = 1.0
-    judge_every: int = 2
-    potential: str = "max"
-    lam: float = 4.0
+    judge_every: int = 4
+    potential: str = "difference"
+    lam: float = 16.0
 
     @classmethod
     def from_args(cls, *args) -> "SPOSettings":

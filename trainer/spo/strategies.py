@@ -88,8 +88,8 @@ class StrategyConfig:
     steps: tuple[int, ...] | None = None
     selection: str = "best"
     temperature: float = 1.0
-    potential: str = "max"
-    lam: float = 1.0
+    potential: str = "difference"
+    lam: float = 16.0
 
     def problem(self) -> str | None:
         """One line saying what is wrong, or None."""
@@ -294,7 +294,7 @@ def describe_cost(config: StrategyConfig, num_steps: int) -> str:
 
 
 # What both hosts offer by default; bench/sampler.py measures these settings (its main fk curve).
-HOST_DEFAULT = StrategyConfig(name="fk", k=4, window=(0.4, 0.7), every=4, potential="max", lam=4.0)
+HOST_DEFAULT = StrategyConfig(name="fk", k=4, window=(0.4, 0.7), every=4, potential="difference", lam=16.0)
 
 
 def cost_tooltip(name: str) -> str:
