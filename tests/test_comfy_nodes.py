@@ -340,6 +340,19 @@ def test_spo_sampler_refuses_an_spm_of_another_family_and_flow_models(comfy):
         run_sampler(sampler, guider)
 
 
+def test_spo_sampler_offers_the_strategies_with_bench_defaults_and_cost_tooltips(comfy):
+    from trainer.spo.strategies import HOST_DEFAULT
+
+    spec = comfy["nodes"].SPOSampler.INPUT_TYPES()
+    req, opt = spec["required"], spec["optional"]
+    assert opt["strategy"][0] == ["fk", "best-of-k", "greedy"] and opt["strategy"][1]["default"] == HOST_DEFAULT.name
+    assert (req["k"][1]["default"], req["window_start"][1]["default"], req["window_end"][1]["default"],
+            opt["judge_every"][1]["default"], opt["potential"][1]["default"], opt["lam"][1]["default"]) == (
+        HOST_DEFAULT.k, *HOST_DEFAULT.window, HOST_DEFAULT.every, HOST_DEFAULT.potential, HOST_DEFAULT.lam)
+    assert "≈ k× the model evaluations of plain sampling" in req["k"][1]["tooltip"]
+    assert "≈ k× the model evaluations of plain sampling" in opt["strategy"][1]["tooltip"]
+
+
 @pytest.mark.parametrize("strategy", ["fk", "best-of-k"])
 def test_spo_sampler_particle_strategies_cost_what_the_cost_function_says(comfy, strategy, caplog):
     """fk / best-of-k through ComfyUI: the guider and the VAE count what strategy_cost predicts, the

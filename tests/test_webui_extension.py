@@ -61,17 +61,17 @@ def test_spo_models_dir_option_is_used(tmp_path):
 def test_accordion_controls_and_api_args(tmp_path):
     runner, spo, _ = H.setup_webui(tmp_path)
     controls = runner.inputs[spo.args_from:spo.args_to]
-    assert [c.value for c in controls] == [False, "per-step", "red_sd15.pt", 4, 0.2, 1.0, "best", 1.0, 2, "max", 4.0]
+    assert [c.value for c in controls] == [False, "per-step", "red_sd15.pt", 4, 0.2, 1.0, "best", 1.0, 4, "difference", 16.0]
     assert controls[2].choices == ["red_sd15.pt", "red_sdxl.pt"]
     assert controls[1].choices == ["per-step", "best-of-k", "fk"]
     # API callers may send fewer args: the rest keep the UI defaults
     args = runner.api_args({"spo": {"args": [True, "best-of-k", "red_sdxl.pt", 3]}})
-    assert args[spo.args_from:spo.args_to] == [True, "best-of-k", "red_sdxl.pt", 3, 0.2, 1.0, "best", 1.0, 2, "max", 4.0]
+    assert args[spo.args_from:spo.args_to] == [True, "best-of-k", "red_sdxl.pt", 3, 0.2, 1.0, "best", 1.0, 4, "difference", 16.0]
     # picking a guided mode moves the judged-step sliders to what the bench measured for it
     fn, inputs, outputs = controls[1].events[0]
     assert outputs == [controls[4], controls[5], controls[8]]
     assert [u["value"] for u in fn("fk")] == [0.4, 0.7, 4]
-    assert [u["value"] for u in fn("per-step")] == [0.2, 1.0, 2]
+    assert [u["value"] for u in fn("per-step")] == [0.2, 1.0, 4]
 
 
 # ------------------------------------------------------------------ per-step SPO
@@ -214,7 +214,7 @@ def test_paste_restores_spo_settings_and_turns_spo_off_without_them(tmp_path):
     assert set(spo.paste_field_names) == {"SPO", "SPO SPM", "SPO k", "SPO selection", "SPO temperature", "SPO potential",
                                           "SPO lambda"}
     assert infotext_utils.paste(fields, res.infotexts[0]) == [True, "per-step", "red_sd15.pt", 5.0, 0.25, 0.75, "softmax", 2.0,
-                                                               1, "max", 4.0]
+                                                               1, "difference", 16.0]
     _, plain = H.run_txt2img(runner, batch_size=1)
     assert infotext_utils.paste(fields, plain.infotexts[0]) == [False] + [None] * 10
 
