@@ -65,6 +65,8 @@ class Result:
     settings: dict = field(default_factory=dict)
     vs_best_of_k_evals: dict | None = None
     vs_best_of_k_time: dict | None = None
+    vs_plain: dict | None = None  # paired Δ to particle 0 of the best-of-K run (the same start, no judge)
+    aesthetic_per_image: list[float] = field(default_factory=list)  # job order: seed-major over the captions
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
@@ -279,7 +281,8 @@ class Bench:
                     for i in range(self.args.seeds)]
         r = Result(name, strategy, judge, k, len(self.jobs), evals, scored, secs, 0.0, a_mean, a_ci, l_mean, l_ci,
                    u_mean, u_ci, per_seed, accuracy, settings)
-        r._aesthetic = aes  # per job, for paired differences (not written)
+        r._aesthetic = aes  # per job, for paired differences
+        r.aesthetic_per_image = [round(float(v), 4) for v in aes]
         return r
 
 
@@ -342,6 +345,10 @@ def compare(results: list[Result], bench: Bench) -> None:
     for r in results:
         r.seconds_per_image_modelled = bench.modelled_seconds(
             r.model_evals_per_image, r.scorer_images_per_image, r.judge)
+    p0 = [b for b in results if b.strategy == "best-of-k" and b.k == 1]
+    for r in results:
+        if r.strategy != "plain" and not (r.strategy == "best-of-k" and r.k == 1) and p0:
+            r.vs_plain = paired(r, p0[0])
     for r in results:
         if r.strategy in ("plain", "best-of-k"):
             continue
@@ -382,12 +389,16 @@ def run(args) -> tuple[list[Result], dict]:
     compare(results, bench)
     profile = {key: {"seconds": s, "rows": n, "seconds_per_row": s / max(n, 1)} for key, (s, n) in bench.clock.items()}
     profile["step_accuracy"] = getattr(bench, "step_accuracy", [])
+    # cost only (not run): the greedy default before judge-every existed, for the profile table
+    today = strategy_cost(StrategyConfig(name="greedy", k=args.greedy_k, every=1, window=(0.2, 1.0)), bench.sigmas)
+    profile["greedy_every_step"] = {"model_evals": today.model_evals, "scorer_images": today.scorer_images,
+                                    "seconds_modelled": bench.modelled_seconds(today.model_evals, today.scorer_images, "spm")}
     return results, profile
 
 
 def profile_table(results: list[Result], profile: dict) -> str:
     """Where the time goes, per image: model evaluations, decodes of scored images, the judge, the final decode."""
-    u = {k: v["seconds_per_row"] for k, v in profile.items() if k != "step_accuracy"}
+    u = {k: v["seconds_per_row"] for k, v in profile.items() if isinstance(v, dict) and "seconds_per_row" in v}
     head = f"{'method':<22} {'judge':<10} {'model s':>8} {'decode s':>9} {'judge s':>8} {'total s':>8} {'measured':>9}"
     lines = ["unit costs (s): " + ", ".join(f"{k} {v * 1000:.2f} ms/row" for k, v in u.items()), head, "-" * len(head)]
     for r in results:
@@ -400,6 +411,11 @@ def profile_table(results: list[Result], profile: dict) -> str:
         measured = "" if r.seconds_per_image_measured is None else f"{r.seconds_per_image_measured:.3f}"
         lines.append(f"{r.method:<22} {r.judge:<10} {model:>8.3f} {decode:>9.3f} {judge:>8.3f} "
                      f"{model + decode + judge:>8.3f} {measured:>9}")
+    today = profile.get("greedy_every_step")
+    if today:
+        e, sc = today["model_evals"], today["scorer_images"]
+        lines.append(f"{'greedy every step':<22} {'spm':<10} {e * u['model']:>8.3f} {(sc + 1) * u['decode']:>9.3f} "
+                     f"{sc * u['spm']:>8.3f} {today['seconds_modelled']:>8.3f} {'(not run)':>9}")
     return "\n".join(lines)
 
 
@@ -415,7 +431,7 @@ def accuracy_table(rows: list[dict]) -> str:
 
 def table(results: list[Result]) -> str:
     head = (f"{'method':<22} {'judge':<16} {'evals':>6} {'scored':>6} {'s/img':>6} {'aesthetic':>16} "
-            f"{'alignment':>14} {'acc':>5} {'Δ bok (evals)':>16} {'Δ bok (time)':>16}")
+            f"{'alignment':>14} {'acc':>5} {'Δ plain':>15} {'Δ bok (evals)':>16} {'Δ bok (time)':>16}")
     lines = [head, "-" * len(head)]
     for r in results:
         def d(c):
@@ -423,7 +439,7 @@ def table(results: list[Result]) -> str:
         acc = "" if r.judge_pairwise_accuracy is None else f"{r.judge_pairwise_accuracy:.2f}"
         lines.append(f"{r.method:<22} {r.judge:<16} {r.model_evals_per_image:>6.0f} {r.scorer_images_per_image:>6.0f} "
                      f"{r.seconds_per_image_modelled:>6.2f} {r.aesthetic_mean:>8.3f} ±{r.aesthetic_ci95:<6.3f} "
-                     f"{r.alignment_mean:>6.3f} ±{r.alignment_ci95:<6.3f} {acc:>5} {d(r.vs_best_of_k_evals):>16} "
+                     f"{r.alignment_mean:>6.3f} ±{r.alignment_ci95:<6.3f} {acc:>5} {d(r.vs_plain):>15} {d(r.vs_best_of_k_evals):>16} "
                      f"{d(r.vs_best_of_k_time):>16}")
     return "\n".join(lines)
 

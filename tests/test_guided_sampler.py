@@ -552,13 +552,14 @@ def test_benchmark_runs_every_strategy_at_equal_budget_and_writes_json_and_plot(
     # 5 DDIM steps (the last into ᾱ_0, σ > 0): plain 5 evaluations; fk / best-of-2: 1 + 2·4 = 9
     assert rows[("plain", "none")]["model_evals_per_image"] == 5
     assert rows[("best-of-2", "spm")]["model_evals_per_image"] == 9 and rows[("best-of-2", "spm")]["scorer_images_per_image"] == 2
-    fk = rows[("fk-max-k2", "spm")]
+    fk = rows[("fk-difference-k2", "spm")]
     assert fk["settings"]["judged_steps"] == [1, 3] and fk["model_evals_per_image"] == 9
     assert fk["scorer_images_per_image"] == 2 * (2 + 1)
     assert fk["vs_best_of_k_evals"]["baseline"] == "best-of-2" and 0 <= fk["judge_pairwise_accuracy"] <= 1
     # greedy k = 2 every 2 in [0.2, 1): steps 1, 3, and the last step (4) branches: + 1 evaluation
     greedy = rows[("greedy-k2-every2", "oracle")]
     assert greedy["settings"]["judged_steps"] == [1, 3] and greedy["model_evals_per_image"] == 5 + 2
-    assert ("fk-max-k4", "oracle+noise0.5") in rows
+    assert ("fk-difference-k4", "oracle+noise0.5") in rows and fk["vs_plain"]["baseline"] == "plain (particle 0)"
+    assert len(fk["aesthetic_per_image"]) == 4
     assert all(r["images"] == 4 and 0 <= r["alignment_mean"] <= 1 for r in rows.values())
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
