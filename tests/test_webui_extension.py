@@ -61,7 +61,7 @@ def test_spo_models_dir_option_is_used(tmp_path):
 def test_accordion_controls_and_api_args(tmp_path):
     runner, spo, _ = H.setup_webui(tmp_path)
     controls = runner.inputs[spo.args_from:spo.args_to]
-    assert [c.value for c in controls] == [False, "per-step", "red_sd15.pt", 4, 0.2, 1.0, "best", 1.0, 4, "difference", 16.0]
+    assert [c.value for c in controls] == [False, "best-of-k", "red_sd15.pt", 4, 0.2, 1.0, "best", 1.0, 4, "difference", 16.0]
     assert controls[2].choices == ["red_sd15.pt", "red_sdxl.pt"]
     assert controls[1].choices == ["per-step", "best-of-k", "fk"]
     # API callers may send fewer args: the rest keep the UI defaults
