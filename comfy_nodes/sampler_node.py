@@ -1,5 +1,5 @@
 """SPOSampler: a SAMPLER for SamplerCustom / SamplerCustomAdvanced that samples guided by the SPM
-with one of the strategies of trainer.spo.strategies (fk, best-of-k, greedy). The sampling lives
+with one of the strategies of spo_studio.spo.strategies (fk, best-of-k, greedy). The sampling lives
 there; this file only wires ComfyUI's model, noise, VAE and progress callback to it."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import torch
 
 from .convert import comfy_image_to_ours
-from .errors import NodeInputError, one_line
+from .errors import NodeInputError, library_imports, one_line
 from .spm_nodes import CATEGORY, score_images
 
 log = logging.getLogger("spo-studio")
@@ -18,7 +18,9 @@ NODE = "SPOSampler"
 def model_family(base_model) -> str | None:
     """"sd15" | "sdxl" | None from a ComfyUI BaseModel (its model_config class: SD15, SDXL, ...)."""
     name = type(getattr(base_model, "model_config", None)).__name__
-    return {"SD15": "sd15", "SD20": None, "SDXL": "sdxl", "SSD1B": "sdxl", "Segmind_Vega": "sdxl"}.get(name)
+    from spo_studio.families import family_of_comfy_model  # pure Python: fine outside library_imports
+
+    return family_of_comfy_model(name)
 
 
 def check_eps_like(base_model) -> None:
@@ -41,15 +43,17 @@ class SPOSamplerFunction:
     @torch.no_grad()
     def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
         from comfy.k_diffusion.sampling import default_noise_sampler
-        from trainer.spm.weights import check_family
-        from trainer.spo.strategies import sample
+        with library_imports(NODE):
+            from spo_studio.families import FAMILIES, host_family
+            from spo_studio.spm.weights import check_family
+            from spo_studio.spo.strategies import sample
 
         extra_args = {} if extra_args is None else extra_args
         base = model.inner_model.inner_model  # KSamplerX0Inpaint -> guider -> BaseModel
         check_eps_like(base)
         family = model_family(base)
         try:
-            if not (self.spm.family == "shapes" and family == "sd15"):  # ShapesWorld is SD-1.5 layout
+            if not (self.spm.family in FAMILIES and host_family(self.spm.family) == family):
                 check_family(self.spm, family)
         except ValueError as e:
             raise one_line(NODE, e) from None
@@ -96,7 +100,8 @@ class SPOSamplerFunction:
 
 
 def _strategy_defaults():
-    from trainer.spo.strategies import HOST_DEFAULT
+    with library_imports(NODE):
+        from spo_studio.spo.strategies import HOST_DEFAULT
 
     return HOST_DEFAULT
 
@@ -120,7 +125,8 @@ class SPOSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from trainer.spo.strategies import POTENTIALS, cost_tooltip
+        with library_imports(NODE):
+            from spo_studio.spo.strategies import POTENTIALS, cost_tooltip
 
         d = _strategy_defaults()
         return {

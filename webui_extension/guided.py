@@ -1,5 +1,5 @@
 """A1111 glue for SPM-guided sampling: a k-diffusion-style sampler function that runs the
-shared strategies of `trainer.spo.strategies` (per-step = greedy, fk) with the WebUI's model,
+shared strategies of `spo_studio.spo.strategies` (per-step = greedy, fk) with the WebUI's model,
 noise, VAE and SPM.
 
 A1111 calls a k-diffusion sampler as
@@ -15,9 +15,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from trainer.scoring import score_batch
-from trainer.spo.guided_sampler import sigma_to_timestep
-from trainer.spo.strategies import sample
+from spo_studio.scoring import score_batch
+from spo_studio.spo.guided_sampler import sigma_to_timestep
+from spo_studio.spo.strategies import sample
 
 from .settings import SPOSettings
 
@@ -36,7 +36,7 @@ class SamplingReport:
 
 
 def score_images(spm, images: torch.Tensor, prompts: Sequence[str], timesteps: torch.Tensor) -> torch.Tensor:
-    """spm.score on images in [-1, 1] (trainer.scoring.score_batch, the hosts' one scoring path):
+    """spm.score on images in [-1, 1] (spo_studio.scoring.score_batch, the hosts' one scoring path):
     moved to the SPM's device, in one batch; returns Tensor[N] float32 on the CPU."""
     return score_batch(spm, images.float(), list(prompts), timesteps, chunk=max(1, images.shape[0]))
 

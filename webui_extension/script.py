@@ -6,7 +6,7 @@ is `trainer.spm`. What happens, by A1111 hook:
 - process: read the accordion (or the API args), load the SPM, check it fits the
   checkpoint; best-of-k: k copies of every image (seeds s, s+N, s+2N, ...).
 - process_before_every_sampling: per-step and fk modes swap the sampler's k-diffusion
-  function for SPM-guided sampling (trainer.spo.strategies) on the same sigmas (not on the
+  function for SPM-guided sampling (spo_studio.spo.strategies) on the same sigmas (not on the
   hires-fix pass).
 - postprocess_batch_list: score every image at t = 0; best-of-k keeps the best of each k.
 - infotext: the settings and each image's SPM score, read back by "send to txt2img".
@@ -24,6 +24,7 @@ import torch
 
 from modules import devices, paths, script_callbacks, scripts, sd_samplers_common, sd_samplers_kdiffusion, shared
 from modules.ui_components import InputAccordion, ToolButton
+from spo_studio.families import FAMILIES
 
 from . import guided, scorer_tab
 from .prompt_text import plain_prompt
@@ -63,8 +64,9 @@ def spm_dir() -> str:
 
 def model_family(sd_model) -> str:
     """"sd15" | "sdxl" | another name for checkpoints SPO does not support."""
-    if getattr(sd_model, "is_sdxl", False):
-        return "sdxl"
+    for name, family in FAMILIES.items():  # the family table says which A1111 flag marks its models
+        if family.a1111_flag and getattr(sd_model, family.a1111_flag, False):
+            return name
     for flag, name in (("is_sd3", "SD3"), ("is_sd2", "SD2"), ("is_ssd", "SSD-1B")):
         if getattr(sd_model, flag, False):
             return name
@@ -366,7 +368,7 @@ def _expand_for_best_of_k(p, k: int, state: RunState) -> bool:
 
 def _keep_best_of_k(p, pp, scores, state: RunState) -> None:
     """Keep the best image of each group of k in this batch (the first when there are no scores)."""
-    from trainer.spo.strategies import best_per_sample
+    from spo_studio.spo.strategies import best_per_sample
 
     k = state.settings.k
     groups = len(pp.images) // k

@@ -40,7 +40,7 @@ class SPOSettings:
 
     mode: "per-step" (greedy: k candidates at each judged step, the SPM picks one),
         "fk" (k particles resampled by the SPM at the judged steps, the best kept at the end:
-        trainer.spo.strategies) or "best-of-k" (k whole images per prompt, the best one is kept).
+        spo_studio.spo.strategies) or "best-of-k" (k whole images per prompt, the best one is kept).
     spm: file name of the step-aware preference model, relative to the SPM folder.
     k: candidates per step (per-step), particles (fk) or images per prompt (best-of-k), >= 2.
     window_start, window_end, judge_every: the judged steps (per-step, fk): fractions of the
@@ -92,8 +92,8 @@ class SPOSettings:
         return (self.window_start, self.window_end)
 
     def strategy(self):
-        """The trainer.spo.strategies.StrategyConfig these settings ask for (per-step is "greedy")."""
-        from trainer.spo.strategies import StrategyConfig
+        """The spo_studio.spo.strategies.StrategyConfig these settings ask for (per-step is "greedy")."""
+        from spo_studio.spo.strategies import StrategyConfig
 
         name = {"per-step": "greedy", "fk": "fk", "best-of-k": "best-of-k"}[self.mode]
         return StrategyConfig(name=name, k=self.k, window=self.window, every=self.judge_every,
