@@ -1,6 +1,6 @@
 """Guided sampling strategies vs plain sampling and best-of-k, at matched model evaluations and wall time.
 
-    python -m bench.sampler                    # ShapesWorld, shipped model and SPM, CPU (~20 min, 1 thread)
+    OMP_NUM_THREADS=1 python -m bench.sampler  # ShapesWorld, shipped model and SPM, CPU (~25 min)
     python -m bench.sampler --quick            # a few minutes: fewer captions, seeds and methods
 
 Per image: stochastic DDIM (η = 1) over the model's 20 DDIM timesteps with CFG, every strategy
