@@ -337,6 +337,17 @@ def _params(res, i: int) -> dict:
     return out
 
 
+def _settings_module():
+    """webui_extension/settings.py (stdlib only): the accordion's arguments, in API order."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("spo_webui_settings", REPO / "webui_extension" / "settings.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses looks the module up while building the class
+    spec.loader.exec_module(module)
+    return module
+
+
 def _shapes_spm():
     from trainer.spm import load_spm
 
@@ -359,7 +370,7 @@ def _differ(a, b) -> bool:
 
 
 SPM = "shapesworld-spm"
-PER_STEP = [True, "per-step", SPM, 2, 0.25, 1.0, "best", 1.0]
+PER_STEP = [True, "per-step", SPM, 2, 0.25, 1.0, "best", 1.0, 1]  # judged at every step of the window
 
 
 def test_install_py_as_the_launcher_runs_it_changes_no_package(installed):
@@ -371,7 +382,7 @@ def test_script_is_listed_with_its_arguments(webui):
     assert status == 200 and "spo" in scripts["txt2img"] and "spo" in scripts["img2img"]
     status, info = webui.call("GET", "/sdapi/v1/script-info")
     spo = next(s for s in info if s["name"] == "spo" and not s["is_img2img"])
-    assert len(spo["args"]) == 8
+    assert len(spo["args"]) == len(_settings_module().SPOSettings.__dataclass_fields__)
     assert "Error loading script: spo_studio.py" not in webui.log.read_text()
 
 
