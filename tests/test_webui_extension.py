@@ -360,18 +360,18 @@ def test_every_version_gets_per_image_strings_that_the_api_can_serialise(tmp_pat
     assert len({t.split("SPO score: ")[1] for t in results["per-step"].infotexts}) == 4
 
 
-@pytest.mark.parametrize("sampler", ["Euler a", "DDIM"])
-def test_per_step_on_webui_18_is_the_same_as_on_110(tmp_path, webui_version, sampler):
+@pytest.mark.parametrize("sampler, mode", [("Euler a", "per-step"), ("DDIM", "per-step"), ("Euler a", "fk")])
+def test_per_step_on_webui_18_is_the_same_as_on_110(tmp_path, webui_version, sampler, mode):
     """1.8 has no process_before_every_sampling: SPO reaches the same point through p.sample."""
     runner, _, _ = H.setup_webui(tmp_path, version=(1, 10))
-    _, new = H.run_txt2img(runner, H.spo_args(runner, k=3), sampler_name=sampler, n_iter=2)
+    _, new = H.run_txt2img(runner, H.spo_args(runner, k=3, mode=mode), sampler_name=sampler, n_iter=2)
     runner, spo, _ = H.setup_webui(tmp_path / "18", version=(1, 8))
     from modules import scripts, sd_samplers
 
     assert not hasattr(scripts.Script, "process_before_every_sampling")
     create = sd_samplers.create_sampler
     _, plain = H.run_txt2img(runner, sampler_name="Euler a", n_iter=2)  # the stand-in does not simulate DDIM itself
-    p, old = H.run_txt2img(runner, H.spo_args(runner, k=3), sampler_name=sampler, n_iter=2)
+    p, old = H.run_txt2img(runner, H.spo_args(runner, k=3, mode=mode), sampler_name=sampler, n_iter=2)
     assert sd_samplers.create_sampler is create  # swapped only while p.sample ran
     assert errors.reported == [] and old.comments == ""
     assert images_equal(old.images, new.images) and old.infotexts == new.infotexts
