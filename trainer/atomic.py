@@ -1,14 +1,115 @@
-"""Text files written so that an interrupted write never leaves a half-written one behind."""
+"""Writes that never leave a half-written file, a stray temporary or an unreadable mode behind.
+
+Every helper writes beside its target under a dot-name ending in `.tmp`, gives the result the mode
+the user's umask asks for (temporary files are created 0600, and os.replace keeps that mode, so a
+ComfyUI or A1111 running as another user could not read a LoRA), renames it into place, and removes
+the temporary on any failure, a full disk included.
+"""
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+
+def umask() -> int:
+    """The process's umask (read by setting and restoring it: there is no other portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | os.PathLike) -> None:
+    """chmod `path` (file or folder tree) to what a plain open()/mkdir() would have given it."""
+    mask = umask()
+    path = Path(path)
+    if path.is_dir():
+        for p in [path, *path.rglob("*")]:
+            if not p.is_symlink():
+                os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
+
+
+def temp_name(path: Path) -> Path:
+    """`.name.<pid>.tmp` beside `path`: hidden, recognisable as ours, one per process."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path (a created folder with directory=True) to write; on success it
+    replaces `path` with the umask's mode; on any exception it is removed and `path` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    _remove(tmp)
+    if directory:
+        tmp.mkdir()
+    try:
+        yield tmp
+        honour_umask(tmp)
+        if directory and path.exists():
+            old = path.with_name(f".{path.name}.{os.getpid()}.old.tmp")
+            os.replace(path, old)  # a folder cannot be os.replace'd over a non-empty one
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` (UTF-8) to `<path>.tmp` beside `path`, then os.replace it over `path`."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """Write `text` (UTF-8) to a temporary beside `path`, then rename it over `path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove `.*.tmp` files/folders a killed process left in `folder` (not recursive). Returns them."""
+    folder = Path(folder)
+    stale = [p for p in folder.glob(".*tmp*") if p.name.endswith(".tmp") or p.name.startswith(".tmp-")] \
+        if folder.is_dir() else []
+    for p in stale:
+        _remove(p)
+    return stale
+
+
+def describe_os_error(e: OSError, where: str | os.PathLike | None = None) -> str:
+    """One line for the user: what went wrong, on which file or disk, and what to do."""
+    target = e.filename or where or ""
+    place = f" ({target})" if target else ""
+    if e.errno == errno.ENOSPC:
+        disk = _mount_point(target) if target else None
+        on = f" on the disk holding {disk}" if disk else ""
+        return f"disk full: no space left{on}{place}; free space there or choose another output folder"
+    if e.errno == errno.EDQUOT:
+        return f"disk quota exceeded{place}; free space or choose another output folder"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write{place}: {e.strerror or 'permission denied'}; choose a writable folder"
+    return f"{target + ': ' if target else ''}{e.strerror or e}"
+
+
+def _mount_point(target) -> str | None:
+    try:
+        p = Path(target).absolute()
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        while not os.path.ismount(p) and p != p.parent:
+            p = p.parent
+        return str(p)
+    except (OSError, ValueError):
+        return None

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from ..atomic import write_text
 from .errors import LoraFileError
 from .export import kohya_metadata, to_diffusers_state_dict, to_kohya_state_dict, to_peft_state_dict, with_model_hashes
 from .layouts import build_state
@@ -120,20 +120,14 @@ def read_lora(
 
 
 def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
-    """Write a safetensors file via a temporary file in the same folder and os.replace (never half-written)."""
+    """Write a safetensors file via a temporary file in the same folder and os.replace (never
+    half-written, no temporary left on failure, mode from the umask: see trainer.atomic)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(dict(tensors), tmp, metadata=dict(metadata))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ..atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata))
 
 
 def save_kohya(
@@ -182,6 +176,6 @@ def save_peft(state: LoraState, directory: str | os.PathLike, *, dtype: torch.dt
         target = directory if len(components) == 1 else directory / component
         tensors, config = to_peft_state_dict(state, component, dtype=dtype)
         atomic_save_safetensors(tensors, target / "adapter_model.safetensors", {"format": "pt"})
-        (target / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_text(target / "adapter_config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
         written.append(target)
     return written
