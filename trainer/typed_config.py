@@ -10,7 +10,8 @@ naming the flag.
     cfg = parse(sys.argv[1:], MyConfig, PRESETS)       # raises HelpRequested(text) on -h/--help
     print(usage(MyConfig, PRESETS, prog="python -m x"))
 
-Field help is the docstring written under the field, or `field(metadata={"help": ...})`.
+Field help is `field(metadata={"help": ...})`, else the docstring written under the field, else the
+`# comment` on its line or right above it.
 Types understood: bool, int, float (finite), str, list[str|int|float], tuple[T, ...], tuple[T, T],
 Optional[T] (YAML null / "none"), and nested dataclasses.
 """
@@ -54,6 +55,17 @@ def _docs(cls) -> dict[str, str]:
         except (OSError, TypeError, SyntaxError):
             continue
         body = tree.body[0].body
+        lines = textwrap.dedent(inspect.getsource(klass)).splitlines()
+        for node in body:  # a `# comment` on the field's line or on the lines right above it
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                line = lines[node.lineno - 1]
+                above, i = [], node.lineno - 2
+                while i >= 0 and lines[i].strip().startswith("#"):
+                    above.insert(0, lines[i].strip().lstrip("#").strip())
+                    i -= 1
+                trailing = line.split("  # ", 1)[1].strip() if "  # " in line else ""
+                if trailing or above:
+                    docs[node.target.id] = trailing or " ".join(above)
         for a, b in zip(body, body[1:]):
             if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr) \
                     and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..atomic import write_text
+from ..atomic import atomic_path, write_text
 from .errors import SPMError
 from .model import StepAwarePreferenceModel
 from .preprocess import PreprocessConfig
@@ -208,9 +208,8 @@ def save_pretrained(spm: StepAwarePreferenceModel, out_dir: str | os.PathLike, t
         tokenizer_ref = str(tok)
     state = {k: v.detach().contiguous().cpu() for k, v in spm.state_dict().items()}
     meta = {"format": FORMAT, "step_aware": str(spm.step_aware), "family": str(spm.family)}
-    tmp = out / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, out / WEIGHTS_NAME)
+    with atomic_path(out / WEIGHTS_NAME) as tmp:  # mode from the umask; no temporary left on failure
+        save_file(state, str(tmp), metadata=meta)
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
