@@ -71,6 +71,40 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
         raise
 
 
+@contextmanager
+def publish(folder: str | os.PathLike, names: list[str]) -> Iterator[Path]:
+    """Yield a temporary folder inside `folder` to write the files/folders `names` into; then move
+    them all into `folder` together. If writing or moving fails, the earlier versions are put back
+    and nothing new or temporary is left: the set appears whole or not at all."""
+    folder = Path(folder)
+    stage = temp_name(folder / "publish")
+    _remove(stage)
+    stage.mkdir(parents=True)
+    try:
+        yield stage
+        missing = [n for n in names if not (stage / n).exists()]
+        if missing:
+            raise FileNotFoundError(f"publish: {missing[0]} was not written")
+        honour_umask(stage)
+        moved: list[tuple[Path, Path | None]] = []
+        try:
+            for n in names:
+                target, old = folder / n, None
+                if target.exists() or target.is_symlink():
+                    old = stage / f".{n}.previous"
+                    os.replace(target, old)
+                moved.append((target, old))
+                os.replace(stage / n, target)
+        except BaseException:
+            for target, old in reversed(moved):  # undo: the earlier set comes back
+                _remove(target)
+                if old is not None:
+                    os.replace(old, target)
+            raise
+    finally:
+        _remove(stage)  # with the earlier versions, once the new ones are in place
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` (UTF-8) to a temporary beside `path`, then rename it over `path`."""
     with atomic_path(path) as tmp:
@@ -84,7 +118,12 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     stale = [p for p in folder.glob(".*tmp*") if p.name.endswith(".tmp") or p.name.startswith(".tmp-")] \
         if folder.is_dir() else []
     for p in stale:
-        _remove(p)
+        parts = p.name.split(".")  # ".NAME.PID.old.tmp": a folder atomic_path was replacing when killed
+        original = folder / ".".join(parts[1:-3]) if p.name.endswith(".old.tmp") and len(parts) > 4 else None
+        if original is not None and not original.exists():
+            os.replace(p, original)  # the new one never arrived: put the old one back
+        else:
+            _remove(p)
     return stale
 
 

@@ -92,7 +92,9 @@ class SPOConfig:
     validate_every: int = 0
     """epochs between validation grids (0 = only at the end)"""
     resume: bool = False
-    """continue from the newest checkpoint in output_dir"""
+    """continue from the newest intact checkpoint in output_dir (model and LoRA settings must match it)"""
+    overwrite: bool = False
+    """start over in an output_dir that holds a run: its checkpoints, logs and exports are removed first"""
     eval_seeds: int = 4
     """fixed seeds per held-out caption in the before/after evaluation (ShapesWorld)"""
     model: ModelConfig = field(default_factory=ModelConfig)
