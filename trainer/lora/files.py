@@ -50,8 +50,16 @@ def check_safetensors(path: Path) -> dict:
         raise LoraFileError(f"{path}: not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise LoraFileError(f"{path}: not a safetensors file (its header is not a JSON object)")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
-               and "data_offsets" in v), default=0)
+    end = 0
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        offsets = v.get("data_offsets") if isinstance(v, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)
+                and offsets[0] <= offsets[1]):
+            raise LoraFileError(f"{path}: not a valid safetensors file (tensor {k!r} has data_offsets {offsets!r}, "
+                                "not two increasing integers); download it again")
+        end = max(end, offsets[1])
     if 8 + n + end > size:
         raise LoraFileError(f"{path}: truncated: the header promises {8 + n + end} bytes but the file has {size}; download it again")
     return header
