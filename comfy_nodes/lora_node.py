@@ -3,6 +3,7 @@ ComfyUI's own key mapping and patching (comfy.lora), with a one-line report of w
 from __future__ import annotations
 
 import logging
+import math
 
 from .errors import NodeInputError, one_line
 from .host import filename_list, full_path, show_text_on_node
@@ -121,10 +122,16 @@ class SPOLoraLoader:
             kohya = to_kohya_state_dict(state, state.family)
         except ValueError as e:
             raise one_line(f"{NODE} ({lora_name})", e) from None
+        for name, value in (("strength_model", strength_model), ("strength_clip", strength_clip)):
+            if not math.isfinite(float(value)):
+                raise NodeInputError(f"{NODE}: {name} must be a finite number, got {value}")
         if strength_model == 0 and strength_clip == 0:
             line = f"{lora_name}: both strengths are 0, nothing applied"
             return {"ui": {"text": [line]}, "result": (model, clip, line)}
-        new_model, new_clip, applied, not_applied = apply_lora(model, clip, kohya, strength_model, strength_clip)
+        try:
+            new_model, new_clip, applied, not_applied = apply_lora(model, clip, kohya, strength_model, strength_clip)
+        except (ValueError, RuntimeError) as e:
+            raise one_line(f"{NODE} ({lora_name})", e) from None
         line = report_line(lora_name, state.layout, state.family, applied, not_applied)
         if not applied:
             raise NodeInputError(f"{NODE}: no module of {lora_name} matches this model ({line})")

@@ -4,11 +4,12 @@ only wires ComfyUI's model, noise, VAE and progress callback to it."""
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
 from .convert import comfy_image_to_ours
-from .errors import NodeInputError, one_line
+from .errors import NodeInputError, check_spm, one_line
 from .spm_nodes import CATEGORY, score_images
 
 log = logging.getLogger("spo-studio")
@@ -52,7 +53,7 @@ class SPOSamplerFunction:
         try:
             if not (self.spm.family == "shapes" and family == "sd15"):  # ShapesWorld is SD-1.5 layout
                 check_family(self.spm, family)
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:
             raise one_line(NODE, e) from None
         seed = extra_args.get("seed")
         # softmax draws get their own stream: choosing never shifts the noise sequence
@@ -83,7 +84,7 @@ class SPOSamplerFunction:
                 noise=default_noise_sampler(x, seed=seed), choice_generator=choice,
                 callback=callback, sigma_to_t=sigma_to_t,
             )
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:
             raise one_line(NODE, e) from None
         self.last_trace = trace
         log.info(
@@ -157,6 +158,9 @@ class SPOSampler:
             raise NodeInputError(f"{NODE}: need 0 <= window_start <= window_end <= 1, got {window_start}..{window_end}")
         if selection not in ("best", "softmax"):
             raise NodeInputError(f"{NODE}: selection must be best or softmax, got {selection!r}")
+        if selection == "softmax" and not (math.isfinite(float(temperature)) and float(temperature) > 0):
+            raise NodeInputError(f"{NODE}: temperature must be a number > 0, got {temperature}")
+        check_spm(NODE, spm)
         fn = SPOSamplerFunction(spm, vae, prompt, int(k), (float(window_start), float(window_end)), selection,
                                 float(temperature))
         return (comfy.samplers.KSAMPLER(fn),)
