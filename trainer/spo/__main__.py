@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = parse(argv)
+        _quiet_loaders()
         from .train import train
 
         result = train(cfg)
@@ -64,6 +65,17 @@ def main(argv: list[str] | None = None) -> int:
             print(report["markdown"])
             print(f"grid: {report['grid']}\ntable: {report['table_md']}, {report['table_json']}")
     return 0
+
+
+def _quiet_loaders() -> None:
+    """No weight-loading progress bars: stderr is for the one-line error, if any."""
+    try:
+        import diffusers
+        import transformers
+    except ImportError:
+        return
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def _one_line(e: BaseException) -> str:
