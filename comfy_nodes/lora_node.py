@@ -106,6 +106,9 @@ class SPOLoraLoader:
                   unique_id=None):
         from trainer.lora import read_lora, to_kohya_state_dict
 
+        for name, value in (("strength_model", strength_model), ("strength_clip", strength_clip)):
+            if not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+                raise NodeInputError(f"{NODE}: {name} must be a finite number, got {value}")
         path = full_path("loras", lora_name, NODE)
         try:
             state = read_lora(path)
@@ -122,9 +125,6 @@ class SPOLoraLoader:
             kohya = to_kohya_state_dict(state, state.family)
         except ValueError as e:
             raise one_line(f"{NODE} ({lora_name})", e) from None
-        for name, value in (("strength_model", strength_model), ("strength_clip", strength_clip)):
-            if not math.isfinite(float(value)):
-                raise NodeInputError(f"{NODE}: {name} must be a finite number, got {value}")
         if strength_model == 0 and strength_clip == 0:
             line = f"{lora_name}: both strengths are 0, nothing applied"
             return {"ui": {"text": [line]}, "result": (model, clip, line)}

@@ -66,9 +66,29 @@ def atomic_path(path: str | os.PathLike, *, directory: bool = False) -> Iterator
             _remove(old)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         _remove(tmp)
+        full = disk_full_error(e, tmp)
+        if full is not None:
+            raise full from e
         raise
+
+
+def disk_full_error(e: BaseException, where: Path) -> OSError | None:
+    """An OSError(ENOSPC) for a write that failed because the disk is full, also when the writer
+    reports it its own way (safetensors raises SafetensorError "... os error 28", torch.save a
+    RuntimeError "file write failed" without an errno); None for other failures or a plain OSError."""
+    if isinstance(e, OSError) or not isinstance(e, Exception):
+        return None
+    text = str(e)
+    said = "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text
+    if not said and "write failed" in text:
+        try:
+            st = os.statvfs(where.parent)
+            said = st.f_bavail * st.f_frsize < 1 << 20  # under 1 MiB left: the write failed for space
+        except OSError:
+            pass
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(where)) if said else None
 
 
 @contextmanager
@@ -101,6 +121,11 @@ def publish(folder: str | os.PathLike, names: list[str]) -> Iterator[Path]:
                 if old is not None:
                     os.replace(old, target)
             raise
+    except BaseException as e:
+        full = disk_full_error(e, stage / "x")
+        if full is not None:
+            raise full from e
+        raise
     finally:
         _remove(stage)  # with the earlier versions, once the new ones are in place
 
@@ -129,7 +154,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
 
 def describe_os_error(e: OSError, where: str | os.PathLike | None = None) -> str:
     """One line for the user: what went wrong, on which file or disk, and what to do."""
-    target = e.filename or where or ""
+    target = _without_temporaries(str(e.filename or where or ""))
     place = f" ({target})" if target else ""
     if e.errno == errno.ENOSPC:
         disk = _mount_point(target) if target else None
@@ -140,6 +165,14 @@ def describe_os_error(e: OSError, where: str | os.PathLike | None = None) -> str
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write{place}: {e.strerror or 'permission denied'}; choose a writable folder"
     return f"{target + ': ' if target else ''}{e.strerror or e}"
+
+
+def _without_temporaries(path: str) -> str:
+    """The path the user asked for: `.name.<pid>.tmp` parts read as `name`, publish stages dropped."""
+    import re
+
+    path = re.sub(r"/\.publish\.\d+\.tmp(?=/|$)", "", path)
+    return re.sub(r"(^|/)\.([^/]+?)\.\d+(?:\.old)?\.tmp(?=/|$)", r"\1\2", path)
 
 
 def _mount_point(target) -> str | None:

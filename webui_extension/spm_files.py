@@ -61,7 +61,8 @@ def resolve_spm(folder: str, name: str) -> str:
     """
     if not name:
         raise SPMUnavailable("SPO: no SPM selected; put one in the SPM folder (models/spo) and pick it.")
-    refused = SPMUnavailable(f"SPO: SPM {str(name)[:80]!r} not found in the SPM folder; pick one from the list.")
+    shown = str(name).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1][:80]  # never echo a path
+    refused = SPMUnavailable(f"SPO: SPM {shown!r} not found in the SPM folder; pick one from the list.")
     parts = str(name).replace("\\", "/").split("/")
     if "\x00" in name or os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts \
             or os.path.splitdrive(name)[0]:

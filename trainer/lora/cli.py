@@ -179,6 +179,7 @@ def _quiet_loaders() -> None:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()  # e.g. "requires torchvision" notices
 
 
 def save_pipeline(model, out: str) -> None:

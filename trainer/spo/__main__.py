@@ -76,6 +76,7 @@ def _quiet_loaders() -> None:
         return
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()  # e.g. "requires torchvision" notices
 
 
 def _one_line(e: BaseException) -> str:

@@ -77,6 +77,11 @@ def prepare_output_dir(cfg: SPOConfig) -> RunLock | None:
     if cfg.resume and cfg.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; give one")
     check_writable(out)
+    kohya = out / f"{export_name(cfg)}.safetensors"
+    if kohya.is_dir() or (out / "diffusers").is_file() or (out / "config.yaml").is_dir():
+        # found now, not after the last epoch: a bad export target never costs a finished run
+        raise ConfigError(f"--output_dir {out}: {kohya.name}, diffusers/ or config.yaml is in the way of the export "
+                          "(a folder where a file goes, or the reverse); move it or choose another --output_dir")
     if not is_main_rank():
         return None
     lock = RunLock(out)
