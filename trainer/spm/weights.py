@@ -94,8 +94,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError:
         # torch's own message suggests weights_only=False, i.e. running the file's code: never repeat it
-        raise SPMError(f"{path}: refused: it holds pickled objects other than tensors, which are never unpickled "
-                       "here (they can run code); use a checkpoint that holds only weights, or its .safetensors") from None
+        raise SPMError(f"{path}: refused, it holds objects other than tensors, which are never unpickled here "
+                       "(they can run code); use a checkpoint that holds only weights, or its .safetensors") from None
     except Exception as e:  # truncated zip, EOF, bad magic: torch raises many types for a damaged file
         first = _strip_hints(str(e))
         raise SPMError(f"{path}: not a readable torch checkpoint, truncated or damaged ({first})") from None

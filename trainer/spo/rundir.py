@@ -15,8 +15,8 @@ import torch
 
 from .. import typed_config
 from ..atomic import atomic_path, remove_stale_temporaries, write_text
-from .config import MODEL_KEYS, SPOConfig, to_dict
 from ..typed_config import ConfigError
+from .config import MODEL_KEYS, SPOConfig, to_dict
 
 CHECKPOINTS = "checkpoints"
 LOCK = ".spo.lock"
@@ -184,8 +184,9 @@ def save_checkpoint(out: Path, epoch: int, lora: dict, optimizer, cfg: SPOConfig
 
 def read_checkpoint(path: Path) -> dict:
     """Everything of a checkpoint, read and checked before anything is applied (ValueError/OSError if damaged)."""
-    from ..lora.files import check_safetensors
     from safetensors.torch import load_file
+
+    from ..lora.files import check_safetensors
 
     state = _state(path)
     check_safetensors(path / "lora.safetensors")
