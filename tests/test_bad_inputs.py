@@ -713,3 +713,18 @@ def test_comfy_lora_loader_refuses_a_non_finite_strength(tmp_path, monkeypatch, 
 
     with pytest.raises(NodeInputError, match="strength_model must be a finite number, got nan"):
         nodes.SPOLoraLoader().load_lora(Model(), None, "spo.safetensors", float("nan"), 1.0)
+
+
+def test_a_kill_between_the_two_renames_of_a_checkpoint_replacement_loses_nothing(tmp_path):
+    """atomic_path moves a folder it replaces aside first; if killed before the new one lands, the
+    next start puts the old one back instead of deleting it as a stale temporary."""
+    from trainer.atomic import remove_stale_temporaries
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / ".epoch-0001.4242.old.tmp").mkdir()
+    (ckpts / ".epoch-0001.4242.old.tmp" / "state.json").write_text("{}")
+    (ckpts / ".epoch-0001.4242.tmp").mkdir()  # the half-written new one
+    remove_stale_temporaries(ckpts)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["epoch-0001"]
+    assert (ckpts / "epoch-0001" / "state.json").read_text() == "{}"
