@@ -377,7 +377,7 @@ def usage(root_cls, presets: dict[str, dict] | None = None, *, preset: str | Non
     head = f"usage: {prog} " + "".join(f"{p.upper()} " for p in positional) + "[--setting VALUE ...]" if prog else ""
     lines = [line for line in (head, intro.strip()) if line] + ["", "options:"]
     if presets:
-        shown = f"; defaults below are {preset}'s" if preset is not None else ""
+        shown = f"; defaults below are the {preset} preset's" if preset is not None else ""
         lines.append(f"  --preset NAME        {' | '.join(presets)}{shown}")
     lines.append("  --config FILE.yaml   nested mapping of the settings below; the command line overrides it")
     lines += ["", "settings (--name VALUE or --name=VALUE; lists comma-separated; a bare true/false flag means true):"]

@@ -86,7 +86,9 @@ class SPOConfig:
     prompts: str = "shapes"
     """text file with one prompt per line, or "shapes" (ShapesWorld training captions)"""
     output_dir: str = "outputs/spo-shapes"
+    """folder of the run's checkpoints, logs and exported LoRA: one run per folder"""
     seed: int = 0
+    """seeds the LoRA init and every epoch's sampling"""
     checkpoint_every: int = 1
     """epochs between checkpoints"""
     validate_every: int = 0
