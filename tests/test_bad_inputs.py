@@ -74,10 +74,25 @@ SPO_CASES = [
     ("binary-prompts", lambda t: ["--prompts", _file(t, "p.txt", b"a cat\x00\x01\x02")], "is a binary file"),
     ("non-utf8-prompts", lambda t: ["--prompts", _file(t, "p.txt", b"a cat\nun caf\xe9\n")], "is not UTF-8 text (line 2)"),
     ("empty-prompts", lambda t: ["--prompts", _file(t, "p.txt", b"\n \n")], "holds no prompts"),
+    ("folder-holds-a-run", lambda t: ["--output_dir", _used(t)], "already holds a run (checkpoints/, log.jsonl)"),
+    ("export-target-in-the-way", lambda t: ["--output_dir", _in_the_way(t)], "is in the way of the export"),
+    ("resume-without-checkpoint", lambda t: ["--resume", "--output_dir", str(t / "fresh")], "--resume: no checkpoint"),
     ("pickle-scorer", lambda t: ["--scorer.source", _pickle(t / "evil.bin")], "never unpickled"),
     ("zero-byte-spm", lambda t: ["--scorer.source", _file(t, "sd-v1-5_spm.bin", b"")], "empty file (0 bytes)"),
     ("spm-dir-without-clip", lambda t: ["--scorer.source", _spm_dir_without_clip(t)], "no 'clip' section"),
 ]
+
+
+def _used(tmp: Path) -> str:
+    out = tmp / "used"
+    (out / "checkpoints" / "epoch-0001").mkdir(parents=True)
+    (out / "log.jsonl").write_text('{"epoch": 0}\n')
+    return str(out)
+
+
+def _in_the_way(tmp: Path) -> str:
+    (tmp / "run" / "run.safetensors").mkdir(parents=True)
+    return str(tmp / "run")
 
 
 def _pickle(path: Path) -> str:
@@ -109,6 +124,8 @@ def test_spo_bad_input_is_one_line_and_exit_2_before_training(case, build, needl
     rc = cli.main(argv)
     one_line_exit_2(rc, capsys.readouterr().err, needle)
     assert not (out / "checkpoints").exists() and not (out / "log.jsonl").exists()
+    if case == "folder-holds-a-run":
+        assert (tmp_path / "used" / "log.jsonl").read_text() == '{"epoch": 0}\n'  # untouched
 
 
 def _must_not_train(*a, **k):
