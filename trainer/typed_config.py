@@ -10,6 +10,9 @@ naming the flag.
     cfg = parse(sys.argv[1:], MyConfig, PRESETS)       # raises HelpRequested(text) on -h/--help
     print(usage(MyConfig, PRESETS, prog="python -m x"))
 
+`--config` and `--preset` (when presets are given) are reserved flag names; `-h/--help` raises
+HelpRequested. A command's own checks (ranges, choices) run after parse() and raise ConfigError too.
+
 Field help is `field(metadata={"help": ...})`, else the docstring written under the field, else the
 `# comment` on its line or right above it.
 Types understood: bool, int, float (finite), str, list[str|int|float], tuple[T, ...], tuple[T, T],
