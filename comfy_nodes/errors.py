@@ -1,4 +1,6 @@
 """The one error type the nodes raise: ComfyUI shows `str(e)` in its error panel, so it is one line."""
+import contextlib
+import os
 
 
 class NodeInputError(ValueError):
@@ -23,3 +25,27 @@ def check_spm(node: str, spm) -> None:
     """The `spm` input is a loaded preference model (API callers can wire anything)."""
     if not (callable(getattr(spm, "score", None)) and hasattr(spm, "model")):
         raise NodeInputError(f"{node}: the spm input is not a preference model; connect the output of Load SPM")
+
+
+# import name -> pip name, where they differ (requirements.txt lists pip names)
+_PIP_NAMES = {"PIL": "pillow", "yaml": "pyyaml", "spo_studio": "spo-studio"}
+
+
+@contextlib.contextmanager
+def library_imports(node: str):
+    """Around a node's imports of `spo_studio` (and, through it, diffusers, peft, safetensors...).
+
+    A plain `git clone` into custom_nodes/ before `pip install -r requirements.txt` lacks them: the
+    node then says in one line what to install instead of showing a ModuleNotFoundError traceback.
+    """
+    try:
+        yield
+    except ModuleNotFoundError as e:
+        missing = (e.name or str(e)).partition(".")[0]
+        requirements = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "requirements.txt")
+        how = (f"python -m pip install -r {requirements}" if os.path.isfile(requirements)
+               else "python -m pip install spo-studio")
+        raise NodeInputError(
+            f"{node}: the Python package '{_PIP_NAMES.get(missing, missing)}' is missing; install spo-studio's "
+            f"requirements with the Python that runs ComfyUI ({how}) and restart ComfyUI"
+        ) from None

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import typed_config
+from ..families import FAMILIES
 from ..typed_config import ConfigError
 
 
@@ -127,9 +128,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lora.alpha": 4.0,
     },
     "sd15": {
-        "model.source": "runwayml/stable-diffusion-v1-5",
+        "model.source": FAMILIES["sd15"].base_model,
         "model.family": "sd15",
-        "scorer.source": "sd-v1-5_step-aware_preference_model.bin",
+        "scorer.source": FAMILIES["sd15"].released_spm,
         "prompts": "",
         "output_dir": "outputs/spo-sd15",
         "sampling.k": 4,
@@ -146,9 +147,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lora.alpha": 4.0,
     },
     "sdxl": {
-        "model.source": "stabilityai/stable-diffusion-xl-base-1.0",
+        "model.source": FAMILIES["sdxl"].base_model,
         "model.family": "sdxl",
-        "scorer.source": "sdxl_step-aware_preference_model.bin",
+        "scorer.source": FAMILIES["sdxl"].released_spm,
         "prompts": "",
         "output_dir": "outputs/spo-sdxl",
         "sampling.k": 2,
@@ -228,8 +229,8 @@ def validate(cfg: SPOConfig) -> None:
         raise ConfigError(f"--lora.init must be one of {', '.join(LORA_INITS)} (got {cfg.lora.init!r})")
     if not cfg.lora.targets:
         raise ConfigError("--lora.targets: give at least one module name, e.g. to_q,to_k,to_v,to_out.0")
-    if cfg.model.family not in ("auto", "sd15", "sdxl", "shapes"):
-        raise ConfigError(f"--model.family must be auto, sd15, sdxl or shapes (got {cfg.model.family!r})")
+    if cfg.model.family != "auto" and cfg.model.family not in FAMILIES:
+        raise ConfigError(f"--model.family must be auto or one of {', '.join(FAMILIES)} (got {cfg.model.family!r})")
     if not cfg.output_dir.strip():
         raise ConfigError("--output_dir is empty; give the folder the run writes to")
 
