@@ -202,7 +202,6 @@ class SPOSampler:
             raise NodeInputError(f"{NODE}: selection must be best or softmax, got {selection!r}")
         if selection == "softmax" and not (math.isfinite(float(temperature)) and float(temperature) > 0):
             raise NodeInputError(f"{NODE}: temperature must be a number > 0, got {temperature}")
-        check_spm(NODE, spm)
         config = d.replace(
             name=d.name if strategy is None else str(strategy), k=int(k),
             window=(float(window_start), float(window_end)),
@@ -214,4 +213,5 @@ class SPOSampler:
         problem = config.problem()
         if problem is not None:
             raise NodeInputError(f"{NODE}: {problem}")
+        check_spm(NODE, spm)  # after the settings: API callers learn about both, widgets first
         return (comfy.samplers.KSAMPLER(SPOSamplerFunction(spm, vae, prompt, config)),)
