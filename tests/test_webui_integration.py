@@ -7,7 +7,7 @@ an openai/clip-vit-large-patch14 config and tokenizer in a private Hugging Face 
 tokenizer made from the BPE file the WebUI's own open-clip-torch ships), a random-weight SD-1.5
 single-file checkpoint instantiated from the WebUI's own v1-inference.yaml (~2 GB), and a
 random SD-1.5 LoRA in kohya form written by `python -m trainer.lora convert`. The shipped
-ShapesWorld SPM goes in models/spo/. CPU only, 64×64 images, few steps.
+ShapesWorld SPM is copied into models/spo/. CPU only, 64×64 images, few steps.
 
     SPO_WEBUI_DIR=/path/to/stable-diffusion-webui SPO_WEBUI_PYTHON=/path/to/venv/bin/python \\
         python -m pytest tests/test_webui_integration.py -q
@@ -220,6 +220,8 @@ def assets(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def data_dir(assets, tmp_path_factory) -> Path:
     """The WebUI's --data-dir: extensions (spo-studio linked as a repository, the probe) and models."""
+    import shutil
+
     d = tmp_path_factory.mktemp("webui-data")
     (d / "extensions" / "spo-probe" / "scripts").mkdir(parents=True)
     (d / "extensions" / "spo-probe" / "scripts" / "spo_probe.py").write_text(PROBE)
@@ -228,8 +230,8 @@ def data_dir(assets, tmp_path_factory) -> Path:
         (d / "models" / sub).mkdir(parents=True)
     (d / "models" / "Stable-diffusion" / CKPT).symlink_to(assets["cache"] / CKPT)
     (d / "models" / "Lora" / f"{LORA}.safetensors").symlink_to(assets["lora"])
-    (d / "models" / "spo" / "shapesworld-spm").symlink_to(REPO / "trainer" / "shapes" / "weights" / "spm",
-                                                          target_is_directory=True)
+    # a copy: the extension refuses links that lead out of the SPM folder
+    shutil.copytree(REPO / "trainer" / "shapes" / "weights" / "spm", d / "models" / "spo" / "shapesworld-spm")
     return d
 
 
