@@ -201,7 +201,9 @@ class TrainState:
         mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
         return {
             "loss": mean(self.losses), "steps": self.steps, "trained": self.trained,
-            "grad_norm": max(self.norms) if self.norms else float("nan"), "margin": mean(self.margins),
+            "grad_norm": max(self.norms) if self.norms else float("nan"),
+            "grad_norm_median": sorted(self.norms)[len(self.norms) // 2] if self.norms else float("nan"),
+            "margin": mean(self.margins),
         }
 
 
