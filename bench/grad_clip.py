@@ -1,8 +1,9 @@
 """Gradient clipping on ShapesWorld: the `shapes` preset with the LoRA gradient clipped at 1.0
 against never clipped (the reference's effective behaviour), same seed, everything else equal.
 
-    OMP_NUM_THREADS=2 python bench/grad_clip.py              # ~2 × the default run
-    python bench/grad_clip.py --epochs 3 --seeds 2            # smaller
+    OMP_NUM_THREADS=2 python bench/grad_clip.py              # both arms, ~2 × the default run
+    python bench/grad_clip.py --limits 0                      # only the unclipped arm: the clipped one
+                                                              # (1.0) is the default run itself
 
 Records per run: the pre-clip gradient norms (per-epoch max and median), the share of optimizer
 steps whose norm exceeded 1.0 (the steps clipping changes), and the ground-truth before/after
@@ -51,11 +52,12 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", type=int, default=4, help="fixed seeds per held-out caption in the evaluation")
+    ap.add_argument("--limits", type=float, nargs="+", default=[1.0, 0.0], help="max_grad_norm of each arm (0 = off)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "grad_clip.json"))
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for limit in (1.0, 0.0):
+        for limit in args.limits:
             rows.append(run(limit, args.epochs, args.seed, args.seeds, Path(tmp) / f"clip-{limit}"))
     print("| max_grad_norm | steps | grad norm max / median per epoch | aesthetic change | alignment change |")
     print("|---|---|---|---|---|")
