@@ -1,6 +1,7 @@
-"""The SPO training loop: sample rounds, train on kept transitions, checkpoint, export.
+"""The SPO training loop: for each batch of the epoch's shuffled prompts, sample an SPO round and
+train on its kept transitions at once (on-policy, as the reference); checkpoint, export.
 
-Every epoch's randomness comes from a generator seeded by (seed, epoch, rank), so a run
+Every epoch's randomness comes from generators seeded by (seed, epoch, rank), so a run
 resumed from a checkpoint continues exactly as an uninterrupted one would.
 """
 from __future__ import annotations
