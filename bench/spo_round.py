@@ -136,7 +136,7 @@ def run_variant(args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     over = {"sampling.batch_size": args.batch, "sampling.threshold": 0.0, "sampling.k": args.k,
             "sampling.num_steps": args.num_steps, "sampling.branch_start": args.branch_start,
-            "train.batch_size": args.train_batch, "scorer.source": "shapes-spm" if args.scorer == "clip-h-random" else args.scorer}
+            "train.batch_size": args.train_batch, "sampling.micro_batch": args.micro_batch, "scorer.source": "shapes-spm" if args.scorer == "clip-h-random" else args.scorer}
     if args.model not in ("sd15-random",):
         over["model.source"] = args.model
     if args.family:
@@ -228,6 +228,7 @@ def main() -> None:
     ap.add_argument("--train-batch", type=int, default=2, help="transitions per training step")
     ap.add_argument("--train-repeats", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=0, help="1 = an untimed round first")
+    ap.add_argument("--micro-batch", type=int, default=0, help="candidates per UNet/VAE/scorer call when scoring (0 = all)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="frozen weights' dtype")
     ap.add_argument("--out", default="bench/results/spo_round.json")
     ap.add_argument("--variant", choices=["spo-studio", "reference-style"], help=argparse.SUPPRESS)
@@ -240,7 +241,7 @@ def main() -> None:
     for variant in ("spo-studio", "reference-style"):
         cmd = [sys.executable, __file__, "--variant", variant] + [
             a for key in ("model", "scorer", "preset", "resolution", "batch", "k", "num_steps", "branch_start", "train_batch",
-                          "train_repeats", "warmup", "precision")
+                          "train_repeats", "warmup", "precision", "micro_batch")
             for a in (f"--{key.replace('_', '-')}", str(getattr(args, key)))
         ] + (["--family", args.family] if args.family else []) + ["--tmp", tempfile.mkdtemp()]
         res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
