@@ -283,3 +283,20 @@ def test_a_local_tokenizer_path_is_bundled_on_save(tmp_path, inputs):
     out = spm.save_pretrained(tmp_path / "o")
     assert json.loads((out / "config.json").read_text())["tokenizer"] == "tokenizer"
     assert torch.equal(load_spm(out).score(*inputs), spm.score(*inputs))
+
+
+def test_an_spm_trained_here_uses_the_reference_recipe(tmp_path):
+    """trainer.spm starts from a PickScore-style folder (CLIPImageProcessor's recipe) but trains, and
+    records, the released SPMs' recipe."""
+    from types import SimpleNamespace
+
+    from trainer.spm.train import initial_spm
+
+    clip = tiny_clip(seed=3)
+    clip.save_pretrained(tmp_path / "clipdir")
+    tokenizer_dir(tmp_path / "clipdir")  # the folder's own tokenizer/
+    assert load_spm(tmp_path / "clipdir").preprocess.method == "clip"
+    spm = initial_spm(SimpleNamespace(init=str(tmp_path / "clipdir"), step_aware=True), "sd15")
+    assert spm.preprocess.method == "spo"
+    back = load_spm(spm.save_pretrained(tmp_path / "trained"))
+    assert back.preprocess.method == "spo"
