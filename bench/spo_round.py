@@ -245,8 +245,9 @@ def main() -> None:
             for a in (f"--{key.replace('_', '-')}", str(getattr(args, key)))
         ] + (["--family", args.family] if args.family else []) + ["--tmp", tempfile.mkdtemp()]
         res = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        if res.returncode != 0:
-            sys.exit(f"{variant} failed:\n{res.stderr[-2000:]}")
+        if res.returncode != 0:  # keep what finished (a killed variant leaves no stderr: say its exit status)
+            Path(args.out).with_suffix(".partial.json").write_text(json.dumps({"rows": rows, "failed": variant, "returncode": res.returncode}, indent=1))
+            sys.exit(f"{variant} failed with exit status {res.returncode} (negative: killed by that signal, e.g. -9 when out of memory):\n{res.stderr[-2000:]}")
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
     ours, ref = rows
     ratios = {
