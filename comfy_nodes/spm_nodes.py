@@ -6,7 +6,7 @@ import os
 import torch
 
 from .convert import comfy_image_to_ours, select_rows
-from .errors import NodeInputError, library_imports, one_line
+from .errors import NodeInputError, check_spm, library_imports, one_line
 from .host import SPM_FOLDER, filename_list, full_path, show_text_on_node, torch_device
 
 CATEGORY = "spo-studio"
@@ -40,15 +40,12 @@ def _bundled_clip_tokenizer() -> str | None:
 
 
 def score_images(spm, images: torch.Tensor, prompt: str, timestep: int | torch.Tensor) -> torch.Tensor:
-    """SPM scores Tensor[B] (float32, CPU) of our-layout images [B, 3, H, W] in [−1, 1], in chunks."""
-    device = spm.model.logit_scale.device
-    dtype = spm.model.logit_scale.dtype
-    t = torch.as_tensor(timestep).long().reshape(-1).expand(images.shape[0])
-    out = []
-    for i in range(0, images.shape[0], SCORE_CHUNK):
-        chunk = images[i : i + SCORE_CHUNK].to(device=device, dtype=dtype)
-        out.append(spm.score(chunk, [prompt] * chunk.shape[0], t[i : i + SCORE_CHUNK]).float().cpu())
-    return torch.cat(out)
+    """SPM scores Tensor[B] (float32, CPU) of our-layout images [B, 3, H, W] in [−1, 1], in chunks
+    (spo_studio.scoring.score_batch: the one batch-scoring path of both hosts)."""
+    with library_imports("SPO scoring"):
+        from spo_studio.scoring import score_batch
+
+    return score_batch(spm, images, prompt, timestep, chunk=SCORE_CHUNK)
 
 
 class LoadSPM:
@@ -137,11 +134,17 @@ class StepAwareScore:
         with library_imports("StepAwareScore"):
             from spo_studio.spo.guided_sampler import rank_best_first
 
-        if not prompt.strip():
+        if not isinstance(prompt, str) or not prompt.strip():
             raise NodeInputError("StepAwareScore: the prompt is empty; type the text the images should match")
+        check_spm("StepAwareScore", spm)
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise NodeInputError(f"StepAwareScore: expected an IMAGE batch [B, H, W, 3] with B >= 1, got {shape}")
+        if not 0 <= int(timestep) <= 999:
+            raise NodeInputError(f"StepAwareScore: timestep must be 0..999, got {timestep}")
         try:
             scores = score_images(spm, comfy_image_to_ours(images), prompt, timestep)
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:
             raise one_line("StepAwareScore", e) from None
         ranking = rank_best_first(scores)
         sorted_images = select_rows(images, ranking.order)
