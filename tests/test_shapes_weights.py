@@ -127,3 +127,19 @@ def test_shipped_denoiser_uses_every_caption_word(pipe):
     assert err["700"]["colour"] > 1.5 * err["700"]["right"] and err["700"]["position"] > 1.5 * err["700"]["right"]
     assert err["300"]["shape"] > 1.5 * err["300"]["right"]
     assert err["700"]["uncond"] > err["700"]["right"]
+
+
+def test_every_shipped_tokenizer_loads_without_tokenizer_json():
+    """transformers 4 (A1111 pins 4.30.2) builds CLIPTokenizer from vocab.json + merges.txt only:
+    every shipped tokenizer folder carries them, and they tokenize exactly like its tokenizer.json."""
+    from transformers import CLIPTokenizer
+
+    root = weights_dir().parent
+    folders = sorted(p.parent for p in root.rglob("tokenizer.json"))
+    assert {f.relative_to(root).as_posix() for f in folders} == {"clip", "pipeline/tokenizer", "preference",
+                                                                          "spm/tokenizer"}
+    captions = train_captions()[:50] + heldout_captions()[:50]
+    for folder in folders:
+        fast = CLIPTokenizer.from_pretrained(str(folder))
+        slow = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+        assert slow(captions).input_ids == fast(captions).input_ids, folder

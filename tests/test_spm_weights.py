@@ -71,6 +71,32 @@ def test_file_without_legacy_buffers_loads_too(trained, tmp_path):
     assert load_spm(path, config=tiny_clip_config(), tokenizer=str(tok_dir)).family is None
 
 
+@pytest.fixture
+def persistent_position_ids(monkeypatch):
+    """transformers < 4.31 (A1111 1.8 pins 4.30.2): CLIP's position_ids are saved buffers."""
+    from transformers.models.clip import modeling_clip
+
+    for cls in (modeling_clip.CLIPTextEmbeddings, modeling_clip.CLIPVisionEmbeddings):
+        init = cls.__init__
+
+        def persistent_init(self, config, _init=init):
+            _init(self, config)
+            self.register_buffer("position_ids", self.position_ids.clone(), persistent=True)
+
+        monkeypatch.setattr(cls, "__init__", persistent_init)
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_files_load_where_transformers_saves_position_ids(trained, inputs, tmp_path, persistent_position_ids, legacy):
+    spm, tok_dir = trained
+    path = _write_bin(released_state_dict(spm, legacy_position_ids=legacy), tmp_path / "spm.bin")
+    assert set(LEGACY_BUFFERS) <= set(StepAwarePreferenceModel(tiny_clip_config()).state_dict())  # the emulation holds
+    loaded = load_spm(path, config=tiny_clip_config(), tokenizer=str(tok_dir))
+    assert torch.allclose(loaded.score(*inputs), spm.score(*inputs), atol=1e-6)
+    own = load_spm(copy.deepcopy(spm).save_pretrained(tmp_path / "own"))  # our format never holds them
+    assert torch.allclose(own.score(*inputs), spm.score(*inputs), atol=1e-6)
+
+
 def test_half_precision_load(trained, inputs, tmp_path):
     spm, tok_dir = trained
     path = _write_bin(released_state_dict(spm), tmp_path / "spm.bin")
@@ -166,6 +192,20 @@ def test_own_format_round_trip(trained, inputs, tmp_path):
     picked = load_spm(out / "model.safetensors")  # a host that lists files picks the weights file
     assert picked.family == "shapes" and torch.equal(picked.score(*inputs), spm.score(*inputs))
     assert set(read_state_dict(out / "model.safetensors")) == set(spm.state_dict())
+
+
+def test_saved_tokenizer_also_loads_from_the_slow_files(trained, tmp_path):
+    """transformers 4 loads CLIPTokenizer from vocab.json + merges.txt, which transformers 5 no longer saves."""
+    from transformers import CLIPTokenizer
+
+    spm, _ = trained
+    out = copy.deepcopy(spm).save_pretrained(tmp_path / "spm")
+    files = {p.name for p in (out / "tokenizer").iterdir()}
+    assert {"vocab.json", "merges.txt", "tokenizer.json"} <= files
+    fast = CLIPTokenizer.from_pretrained(str(out / "tokenizer"))
+    slow = CLIPTokenizer(str(out / "tokenizer" / "vocab.json"), str(out / "tokenizer" / "merges.txt"))
+    for text in ("a red square", "a blue disc on a green ground", "squares"):
+        assert slow(text).input_ids == fast(text).input_ids == spm.get_tokenizer()(text).input_ids
 
 
 def test_step_agnostic_round_trip_and_clip_dir(tmp_path, inputs):

@@ -326,3 +326,115 @@ def test_copied_folder_without_the_library_says_how_to_fix(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "the spo-studio library (`spo_studio`) is not importable" in out.stdout and "SCRIPTS 0" in out.stdout
+
+
+# ------------------------------------------------------------------ WebUI versions (1.8: no sampling hook, string infotext)
+
+
+@pytest.fixture
+def webui_version():
+    """setup_webui(..., version=v) for one test; the stand-in is back to 1.10 afterwards."""
+    from modules import processing
+
+    yield
+    processing.set_webui_version((1, 10))
+
+
+@pytest.mark.parametrize("version", [(1, 8), (1, 9), (1, 10)])
+def test_every_version_gets_per_image_strings_that_the_api_can_serialise(tmp_path, webui_version, version):
+    import json
+
+    runner, spo, _ = H.setup_webui(tmp_path, version=version)
+    results = {}
+    for mode in ("per-step", "best-of-k"):
+        p, res = H.run_txt2img(runner, H.spo_args(runner, mode=mode, k=3), batch_size=2, n_iter=2)
+        assert errors.reported == [] and res.comments == ""
+        info = json.loads(res.js())  # the API's response body: A1111 < 1.10 has no fallback for other objects
+        assert info["infotexts"] == res.infotexts
+        assert all(isinstance(v, str) for k, v in p.extra_generation_params.items() if k.startswith("SPO"))
+        for image, text in zip(res.images, res.infotexts):
+            params = infotext_utils.parse_generation_parameters(text)
+            assert params["SPO"] == mode and "function" not in text
+            assert float(params["SPO score"]) == pytest.approx(H.red_score(image), abs=0.1)  # this image's own
+        results[mode] = res
+    assert len({t.split("SPO score: ")[1] for t in results["per-step"].infotexts}) == 4
+
+
+@pytest.mark.parametrize("sampler, mode", [("Euler a", "per-step"), ("DDIM", "per-step"), ("Euler a", "fk")])
+def test_per_step_on_webui_18_is_the_same_as_on_110(tmp_path, webui_version, sampler, mode):
+    """1.8 has no process_before_every_sampling: SPO reaches the same point through p.sample."""
+    runner, _, _ = H.setup_webui(tmp_path, version=(1, 10))
+    _, new = H.run_txt2img(runner, H.spo_args(runner, k=3, mode=mode), sampler_name=sampler, n_iter=2)
+    runner, spo, _ = H.setup_webui(tmp_path / "18", version=(1, 8))
+    from modules import scripts, sd_samplers
+
+    assert not hasattr(scripts.Script, "process_before_every_sampling")
+    create = sd_samplers.create_sampler
+    _, plain = H.run_txt2img(runner, sampler_name="Euler a", n_iter=2)  # the stand-in does not simulate DDIM itself
+    p, old = H.run_txt2img(runner, H.spo_args(runner, k=3, mode=mode), sampler_name=sampler, n_iter=2)
+    assert sd_samplers.create_sampler is create  # swapped only while p.sample ran
+    assert errors.reported == [] and old.comments == ""
+    assert images_equal(old.images, new.images) and old.infotexts == new.infotexts
+    assert all(H.red_score(a) > H.red_score(b) for a, b in zip(old.images, plain.images))
+
+
+def test_img2img_per_step_on_webui_18(tmp_path, webui_version):
+    from PIL import Image
+
+    init = Image.fromarray(np.full((32, 32, 3), 120, dtype=np.uint8))
+    runner, _, _ = H.setup_webui(tmp_path, img2img=True, version=(1, 10))
+    _, new = H.run_img2img(runner, init, H.spo_args(runner, k=4))
+    runner, _, _ = H.setup_webui(tmp_path / "18", img2img=True, version=(1, 8))
+    _, old = H.run_img2img(runner, init, H.spo_args(runner, k=4))
+    assert errors.reported == [] and old.comments == "" and "SPO score: " in old.infotexts[0]
+    assert images_equal(old.images, new.images)
+
+
+def test_per_step_that_never_reaches_the_sampler_says_so(tmp_path, webui_version, monkeypatch):
+    """A WebUI where SPO cannot reach the sampler: plain images, and the reason in comments and infotext."""
+    runner, spo, module = H.setup_webui(tmp_path, version=(1, 8))
+    monkeypatch.setattr(module.compat, "run_before_sampling", lambda p, hook: None)
+    _, plain = H.run_txt2img(runner)
+    _, res = H.run_txt2img(runner, H.spo_args(runner))
+    assert images_equal(res.images, plain.images)
+    assert "per-step sampling did not run" in res.comments
+    for text in res.infotexts:
+        params = infotext_utils.parse_generation_parameters(text)
+        assert "per-step sampling did not run" in params["SPO skipped"] and "SPO score" not in params
+
+
+def test_the_extension_needs_no_diffusers_peft_or_accelerate(tmp_path):
+    """A1111 has none of them: load the extension (guided sampling, scorer tab), the real SPM loader and
+    score with all three blocked. (LoRAs are read by the WebUI's own Lora extension.)"""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+for name in ("diffusers", "peft", "accelerate"):
+    sys.modules[name] = None  # not installed
+sys.path.insert(0, {str(H.STANDIN)!r})
+import webui_harness as H
+from pathlib import Path
+runner, spo, module = H.setup_webui(Path({str(tmp_path)!r}))
+module.SPM_CACHE.loader = None  # the real trainer.spm loader
+import torch
+spm = module.SPM_CACHE.get({str(H.REPO / "trainer" / "shapes" / "weights" / "spm")!r}).model
+print("SCORE", float(spm.score(torch.zeros(1, 3, 64, 64), ["a red circle"], torch.tensor([0]))[0]))
+print("LOADED", sorted(m for m in ("diffusers", "peft", "accelerate") if sys.modules.get(m) is not None))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": f"{Path(__file__).parent}:{H.REPO}"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "SCORE " in out.stdout and "LOADED []" in out.stdout, out.stdout
+
+
+def test_a_forge_engine_that_is_not_sd_is_refused(tmp_path):
+    """Forge's Flux (and other non-SD engines) set is_sd1 = is_sdxl = False: not an SD-1.5 checkpoint."""
+    runner, spo, _ = H.setup_webui(tmp_path)
+    shared.sd_model.is_sd1 = False
+    _, res = H.run_txt2img(runner, H.spo_args(runner), batch_size=1)
+    assert "SPO supports SD-1.5 and SDXL models only" in res.comments
+    shared.sd_model.is_sd1 = True
+    _, res = H.run_txt2img(runner, H.spo_args(runner), batch_size=1)
+    assert res.comments == "" and "SPO score: " in res.infotexts[0]

@@ -77,8 +77,9 @@ def forget_extension_modules() -> None:
         del sys.modules[name]
 
 
-def setup_webui(tmp: Path, how: str = "repo", sdxl: bool = False, spm_files=("red_sd15.pt", "red_sdxl.pt"), img2img=False):
-    """Load the extension like A1111 does and build the txt2img script runner.
+def setup_webui(tmp: Path, how: str = "repo", sdxl: bool = False, spm_files=("red_sd15.pt", "red_sdxl.pt"), img2img=False,
+                version=(1, 10)):
+    """Load the extension like A1111 `version` does and build the txt2img script runner.
 
     Returns (runner, spo_script, script_module). SPM files are empty placeholders read by
     `red_loader` (tests of the real SPM replace the loader with trainer.spm's)."""
@@ -90,6 +91,7 @@ def setup_webui(tmp: Path, how: str = "repo", sdxl: bool = False, spm_files=("re
     shared.sd_model = ToySDModel(is_sdxl=sdxl)
     shared.cmd_opts.spo_models_dir = None
     errors.reported.clear()
+    processing.set_webui_version(version)
     forget_extension_modules()
     scripts.load_scripts(str(install(tmp, how)))
     module = sys.modules[PACKAGE + ".script"]

@@ -5,11 +5,14 @@ is `trainer.spm`. What happens, by A1111 hook:
 
 - process: read the accordion (or the API args), load the SPM, check it fits the
   checkpoint; best-of-k: k copies of every image (seeds s, s+N, s+2N, ...).
-- process_before_every_sampling: per-step and fk modes swap the sampler's k-diffusion
+- process_before_every_sampling (WebUI >= 1.9; on 1.8 the same point is reached through
+  `compat.run_before_sampling`): per-step and fk modes swap the sampler's k-diffusion
   function for SPM-guided sampling (spo_studio.spo.strategies) on the same sigmas (not on the
   hires-fix pass).
 - postprocess_batch_list: score every image at t = 0; best-of-k keeps the best of each k.
-- infotext: the settings and each image's SPM score, read back by "send to txt2img".
+- postprocess_image: this image's settings and SPM score go into the infotext as plain
+  strings (A1111 before 1.10 writes extra_generation_params values as they are and
+  serialises them to JSON for the API: no callables), read back by "send to txt2img".
 
 Any problem (missing SPM, wrong family, k < 2, a prompt the SPM rejects) becomes one line
 under the images and in the console; the image is then generated without SPO.
@@ -26,7 +29,7 @@ from modules import devices, paths, script_callbacks, scripts, sd_samplers_commo
 from modules.ui_components import InputAccordion, ToolButton
 from spo_studio.families import FAMILIES
 
-from . import guided, scorer_tab
+from . import compat, guided, scorer_tab
 from .prompt_text import plain_prompt
 from .settings import (
     KEY_EVERY,
@@ -70,6 +73,8 @@ def model_family(sd_model) -> str:
     for flag, name in (("is_sd3", "SD3"), ("is_sd2", "SD2"), ("is_ssd", "SSD-1B")):
         if getattr(sd_model, flag, False):
             return name
+    if getattr(sd_model, "is_sd1", True) is False:  # Forge: Flux and the other non-SD engines set no flag
+        return type(sd_model).__name__
     return "sd15"
 
 
@@ -118,6 +123,7 @@ class RunState:
         default_factory=lambda: {"prompts": [], "negative_prompts": [], "seeds": [], "subseeds": []})
     kept_scores: list[float] = field(default_factory=list)  # best-of-k: the current batch's kept scores
     sampler_fn: guided.SPOSamplerFunction | None = None
+    images_seen: int = 0  # postprocess_image calls in this batch (where the host has no p.batch_index)
 
     def skip(self, p, message: str, images: list[tuple[int, str]] | None = None) -> None:
         """SPO is off for `images` (None: the whole job) because of `message`: shown under the
@@ -125,6 +131,7 @@ class RunState:
         so API callers see it too."""
         if images is None:
             self.skipped_all = message
+            p.extra_generation_params[KEY_SKIPPED] = message
         for key in images or []:
             self.fields[key] = {KEY_SKIPPED: message}
         if message in self.messages:
@@ -216,8 +223,6 @@ class SPOScript(scripts.Script):
         p.spo = state
         if not settings.enabled:
             return
-        for key in INFOTEXT_KEYS:
-            p.extra_generation_params[key] = _infotext_field(state, key)
         problem = settings.problem()
         if problem is not None:
             state.skip(p, problem)
@@ -230,6 +235,8 @@ class SPOScript(scripts.Script):
         if settings.mode == "best-of-k" and not _expand_for_best_of_k(p, settings.k, state):
             return
         state.active = True
+        if settings.mode in GUIDED_MODES and not compat.HAS_SAMPLING_HOOK:
+            compat.run_before_sampling(p, lambda: self.process_before_every_sampling(p))
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         state = getattr(p, "spo", None)
@@ -260,14 +267,20 @@ class SPOScript(scripts.Script):
         if state is None or not state.active or not pp.images:
             return
         fn, state.sampler_fn = state.sampler_fn, None
+        state.images_seen = 0
         if state.settings.mode in GUIDED_MODES:
-            if fn is None:
+            keys = _image_keys(p)
+            if fn is None and any(key in state.fields for key in keys):
                 return  # this batch ran without SPO (message already shown)
+            if fn is None or fn.report.model_evals == 0:
+                # never silent: the host did not reach the hook, or its sampler never called SPO's function
+                state.skip(p, compat.PER_STEP_DID_NOT_RUN, keys)
+                return
             if fn.report.error is not None:
                 state.skip(p, fn.report.error, _image_keys(p))
                 return
         try:
-            images = torch.stack([img.float() for img in pp.images]) * 2 - 1
+            images = _as_saved(pp.images) * 2 - 1
             t0 = torch.zeros(len(pp.images), dtype=torch.long)
             scores = guided.score_images(state.spm, images, _spm_prompts(p), t0)
         except Exception as e:
@@ -282,6 +295,20 @@ class SPOScript(scripts.Script):
             fields = dict(state.settings.infotext())
             fields[KEY_SCORE] = f"{float(score):.4f}"
             state.fields[(int(p.seeds[i]), p.prompts[i])] = fields
+
+    def postprocess_image(self, p, pp, *args):
+        state = getattr(p, "spo", None)
+        if state is None or not state.settings.enabled:
+            return
+        i = getattr(p, "batch_index", None)
+        if i is None:  # a host that does not set p.batch_index: count the calls instead
+            i = state.images_seen
+        state.images_seen += 1
+        try:
+            key = (int(p.seeds[i]), p.prompts[i])
+        except (IndexError, TypeError, ValueError):
+            key = None
+        _write_infotext_fields(p, state, state.fields.get(key))
 
     def postprocess(self, p, processed, *args):
         state = getattr(p, "spo", None)
@@ -309,24 +336,26 @@ def _spm_prompts(p) -> list[str]:
     return [plain_prompt(text) for text in p.prompts]
 
 
+def _as_saved(images) -> torch.Tensor:
+    """Images in [0, 1] as the WebUI saves them, `(255 · x).astype(uint8)`: the score in the infotext
+    is then the SPM's score of the PNG (a small SPM moves by tenths for that half-level shift)."""
+    return torch.floor(torch.stack([img.float() for img in images]).clamp(0, 1) * 255) / 255
+
+
 def _image_keys(p) -> list[tuple[int, str]]:
     """(seed, prompt) of every image of the current batch."""
     return [(int(s), pr) for s, pr in zip(p.seeds, p.prompts)]
 
 
-def _infotext_field(state: RunState, key: str):
-    """An A1111 infotext callable: this image's value of `key`, or None (field left out)."""
-
-    def value(all_seeds=None, all_prompts=None, index=0, **_):
-        try:
-            fields = state.fields.get((int(all_seeds[index]), all_prompts[index]))
-        except (IndexError, TypeError, ValueError):
-            fields = None
-        if fields is None:
-            return state.skipped_all if key == KEY_SKIPPED else None
-        return fields.get(key)
-
-    return value
+def _write_infotext_fields(p, state: RunState, fields: dict[str, str] | None) -> None:
+    """Put one image's SPO fields (plain strings) into p.extra_generation_params, which the
+    WebUI turns into that image's infotext right after postprocess_image; no fields: only the
+    job's "SPO skipped" reason, if any. (A1111 accepts per-image callables there only from 1.10.)"""
+    for key in INFOTEXT_KEYS:
+        p.extra_generation_params.pop(key, None)
+    if fields is None:
+        fields = {KEY_SKIPPED: state.skipped_all} if state.skipped_all else {}
+    p.extra_generation_params.update(fields)
 
 
 def _install_sampler_function(p, fn) -> None:

@@ -6,7 +6,8 @@ a wrapper module, keys `model.*`, as `.bin` (a torch zip pickle: read with
 No config travels with them; the CLIP-H architecture ships with this package
 (`clip_vit_h14.json`). Files made with transformers 4.27 also hold the two
 `embeddings.position_ids` buffers that newer transformers no longer saves: they are
-checked (must be 0..n−1) and dropped.
+checked (must be 0..n−1) and dropped, or, under a transformers that still
+saves them (< 4.31), filled in whether the file has them or not.
 
 Own format: a directory with `model.safetensors` (same `model.*` keys) and `config.json`
 (architecture, preprocessing, step-aware flag, model family, training record), plus a
@@ -115,15 +116,19 @@ def check_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module, pat
     """Strict match of `state` against `model`'s keys and shapes; returns it without legacy buffers.
 
     Every model key must be present with its shape and no other key may appear, except the two
-    transformers-4.27 `position_ids` buffers, which must equal 0..n−1.
+    transformers-4.27 `position_ids` buffers, which must equal 0..n−1; where the running
+    transformers keeps them in the state dict, they are supplied as 0..n−1.
     """
     state = dict(state)
+    expected = model.state_dict()
     for key in LEGACY_BUFFERS:
         if key in state:
             ids = state.pop(key)
             if not torch.equal(ids.reshape(-1).long(), torch.arange(ids.numel())):
                 raise SPMError(f"{path}: legacy buffer {key} is not 0..{ids.numel() - 1}; the file is damaged")
-    expected = model.state_dict()
+        if key in expected:
+            # transformers < 4.31 (A1111 1.8 pins 4.30.2) saves position_ids: fill them in, with or without the file
+            state[key] = torch.arange(expected[key].numel()).reshape(expected[key].shape)
     if not any(k.startswith("model.") for k in state):
         raise SPMError(f"{path}: no 'model.*' keys; not an SPM checkpoint in the released layout")
     missing = [k for k in expected if k not in state]
@@ -212,6 +217,7 @@ def save_pretrained(spm: StepAwarePreferenceModel, out_dir: str | os.PathLike, t
         tok = spm.get_tokenizer()  # a local tokenizer travels with the model; a hub id is recorded
     if tok is not None and not isinstance(tok, (str, os.PathLike)):
         tok.save_pretrained(str(out / "tokenizer"))
+        write_slow_tokenizer_files(out / "tokenizer")
         tokenizer_ref = "tokenizer"
     elif tok is not None:
         tokenizer_ref = str(tok)
@@ -233,6 +239,32 @@ def save_pretrained(spm: StepAwarePreferenceModel, out_dir: str | os.PathLike, t
     }
     write_text(out / CONFIG_NAME, json.dumps(config, indent=2, default=str))
     return out
+
+
+def write_slow_tokenizer_files(folder: str | os.PathLike) -> list[str]:
+    """vocab.json and merges.txt beside a BPE tokenizer.json, derived from it; returns the names written.
+
+    transformers 5 saves a CLIP tokenizer as tokenizer.json only, but transformers 4 (A1111 pins
+    4.30) loads `CLIPTokenizer` from vocab.json + merges.txt: a saved SPM must carry both forms.
+    Existing files are kept; a folder without a BPE tokenizer.json is left alone.
+    """
+    folder = Path(folder)
+    fast = folder / "tokenizer.json"
+    if not fast.is_file():
+        return []
+    model = json.loads(fast.read_text(encoding="utf-8")).get("model", {})
+    if model.get("type") != "BPE":
+        return []
+    written = []
+    if not (folder / "vocab.json").is_file():
+        write_text(folder / "vocab.json", json.dumps(model["vocab"], ensure_ascii=False))
+        written.append("vocab.json")
+    if not (folder / "merges.txt").is_file():
+        # tokenizers writes merges as "a b" strings (< 0.20) or [a, b] pairs; the slow file has one "a b" a line
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        write_text(folder / "merges.txt", "#version: 0.2\n" + "".join(m + "\n" for m in merges))
+        written.append("merges.txt")
+    return written
 
 
 def read_spm_config(root: str | os.PathLike) -> dict | None:

@@ -3,9 +3,13 @@
 process_images: before_process -> prompts and seeds -> process -> per batch: prompts/seeds
 slices, per-seed rng, before_process_batch, process_batch, conds, sample (create sampler,
 x_T = rng.next(), process_before_every_sampling, sampler.sample) -> decode -> clamp to [0, 1]
--> postprocess_batch -> postprocess_batch_list -> one infotext per image -> Processed ->
-postprocess.
+-> postprocess_batch -> postprocess_batch_list -> per image: p.batch_index, postprocess_image,
+its infotext -> Processed -> postprocess.
+
+`set_webui_version` switches between what differs across A1111 1.8 … 1.10 (see there).
 """
+import json
+
 import numpy as np
 import torch
 from PIL import Image
@@ -13,6 +17,22 @@ from PIL import Image
 from modules import infotext_utils, rng, scripts, sd_samplers, shared
 
 opt_f = 8
+WEBUI_VERSION = (1, 10)
+_sampling_hooks = (scripts.Script.process_before_every_sampling, scripts.ScriptRunner.process_before_every_sampling)
+
+
+def set_webui_version(version: tuple) -> None:
+    """Behave like A1111 `version`: before 1.9 there is no process_before_every_sampling hook
+    (neither on Script nor on the runner); before 1.10 extra_generation_params values are
+    written into the infotext as they are (a callable as its repr) and Processed.js() fails
+    on anything json cannot serialise (the API's HTTP 500)."""
+    global WEBUI_VERSION
+    WEBUI_VERSION = tuple(version)
+    for cls, hook in zip((scripts.Script, scripts.ScriptRunner), _sampling_hooks):
+        if WEBUI_VERSION >= (1, 9):
+            cls.process_before_every_sampling = hook
+        elif "process_before_every_sampling" in cls.__dict__:
+            delattr(cls, "process_before_every_sampling")
 
 
 def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iteration=0, position_in_batch=0,
@@ -35,6 +55,8 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
         **p.extra_generation_params,
     }
     for key, value in generation_params.items():
+        if WEBUI_VERSION < (1, 10):
+            break  # lists and callables are 1.10's
         try:
             if isinstance(value, list):
                 generation_params[key] = value[index]
@@ -85,7 +107,7 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
         x = self.rng.next()
-        if self.scripts is not None:
+        if self.scripts is not None and WEBUI_VERSION >= (1, 9):
             self.scripts.process_before_every_sampling(p=self, x=x, noise=x, c=conditioning, uc=unconditional_conditioning)
         return self.sampler.sample(self, x, conditioning, unconditional_conditioning)
 
@@ -109,7 +131,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
 
     def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
         x = self.rng.next()
-        if self.scripts is not None:
+        if self.scripts is not None and WEBUI_VERSION >= (1, 9):
             self.scripts.process_before_every_sampling(p=self, x=self.init_latent, noise=x, c=conditioning,
                                                        uc=unconditional_conditioning)
         return self.sampler.sample_img2img(self, self.init_latent, x, conditioning, unconditional_conditioning)
@@ -126,6 +148,15 @@ class Processed:
         self.extra_generation_params = p.extra_generation_params
         self.infotexts = infotexts or []
         self.info = self.infotexts[0] if self.infotexts else ""
+
+    def js(self):
+        """What the API returns as `info` (a part of A1111's object)."""
+        obj = {"prompt": self.all_prompts[0], "all_prompts": self.all_prompts, "all_seeds": self.all_seeds,
+               "batch_size": self.batch_size, "extra_generation_params": self.extra_generation_params,
+               "infotexts": self.infotexts}
+        if WEBUI_VERSION < (1, 10):
+            return json.dumps(obj)
+        return json.dumps(obj, default=lambda o: None)
 
 
 def process_images(p) -> Processed:
@@ -169,8 +200,13 @@ def process_images(p) -> Processed:
                                        all_negative_prompts=p.negative_prompts)
 
             for i, x_sample in enumerate(x_samples):
+                p.batch_index = i
                 arr = (255.0 * np.moveaxis(x_sample.cpu().numpy(), 0, 2)).astype(np.uint8)
                 image = Image.fromarray(arr)
+                if p.scripts is not None:
+                    pp = scripts.PostprocessImageArgs(image)
+                    p.scripts.postprocess_image(p, pp)
+                    image = pp.image
                 text = infotext(i)
                 infotexts.append(text)
                 image.info["parameters"] = text
