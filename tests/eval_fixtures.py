@@ -26,3 +26,15 @@ def shapes_lora(path: Path, seed: int = 1, std: float = 0.3) -> Path:
     state = lora_from_peft(model.unet, component="unet", family="shapes")
     save_kohya(state, path, family="shapes", dtype=torch.float32)
     return Path(path)
+
+
+def sdxl_lora(path: Path) -> Path:
+    """A tiny SDXL-layout LoRA (kohya naming and metadata of the SDXL family)."""
+    from fixtures_lora import add_random_adapter, tiny_sdxl_unet
+
+    from trainer.lora import lora_from_peft, save_kohya
+
+    unet = add_random_adapter(tiny_sdxl_unet(), ["to_q", "to_k"])
+    state = lora_from_peft(unet, component="unet", family="sdxl")
+    save_kohya(state, path, family="sdxl", dtype=torch.float32)
+    return Path(path)
