@@ -94,7 +94,7 @@ def _pyarrow():
         import pyarrow  # noqa: F401
         import pyarrow.parquet  # noqa: F401
     except ImportError:
-        raise ConfigError("--prompts: reading parquet/arrow needs pyarrow: pip install 'spo-studio[datasets]' (or pyarrow)") from None
+        raise ConfigError("--prompts: reading parquet/arrow needs pyarrow: pip install 'spo-studio[data]' (or just pyarrow)") from None
     import pyarrow
 
     return pyarrow
