@@ -39,9 +39,9 @@ def _bundled_clip_tokenizer() -> str | None:
 
 
 def score_images(spm, images: torch.Tensor, prompt: str, timestep: int | torch.Tensor) -> torch.Tensor:
-    """SPM scores Tensor[B] (float32, CPU) of our-layout images [B, 3, H, W] in [−1, 1], in chunks."""
-    device = spm.model.logit_scale.device
-    dtype = spm.model.logit_scale.dtype
+    """Scores Tensor[B] (float32, CPU) of our-layout images [B, 3, H, W] in [−1, 1], in chunks."""
+    first = next(spm.parameters())  # any scorer of trainer.scorers (all nn.Modules), not only an SPM
+    device, dtype = first.device, first.dtype
     t = torch.as_tensor(timestep).long().reshape(-1).expand(images.shape[0])
     out = []
     for i in range(0, images.shape[0], SCORE_CHUNK):

@@ -44,6 +44,7 @@ def expected_shapes(input_size: int) -> dict[str, tuple[int, ...]]:
 
 class LaionAesthetic(nn.Module):
     kind = "aesthetic"
+    family = None  # not tied to a diffusion model family
 
     def __init__(self, clip, mlp: nn.Sequential):
         super().__init__()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from .files import ScorerError
 
@@ -24,14 +25,16 @@ def _load(path, device, dtype, tokenizer=None):
         raise ScorerError(str(e).splitlines()[0]) from None
 
 
-class PickScore:
+class PickScore(nn.Module):
     """PickScore_v1 (Kirstain et al. 2023): logit_scale.exp() · cos(image, text), i.e. 100·cos for the
     released checkpoint. path: its transformers CLIP folder (config.json, weights, tokenizer and
     preprocessor_config.json, as `yuvalkirstain/PickScore_v1` is saved)."""
 
     kind = "pickscore"
+    family = None  # not tied to a diffusion model family
 
     def __init__(self, path: str | os.PathLike, device="cpu", dtype=torch.float32, tokenizer: str = ""):
+        super().__init__()
         if not Path(path).is_dir():
             raise ScorerError(f"{path}: PickScore is a CLIP folder (config.json, model weights, tokenizer, preprocessor_config.json)")
         self.model = _load(path, device, dtype, tokenizer)
@@ -43,13 +46,15 @@ class PickScore:
         return self.model.score(images, prompts, torch.zeros(images.shape[0], dtype=torch.long))
 
 
-class CLIPScore:
+class CLIPScore(nn.Module):
     """CLIPScore as torchmetrics and most text-to-image papers report it: 100 · max(cos(image, text), 0)
     (Hessel et al.'s CLIP-S is 2.5 · max(cos, 0), i.e. this number × 0.025). Any transformers CLIP folder."""
 
     kind = "clipscore"
+    family = None
 
     def __init__(self, path: str | os.PathLike, device="cpu", dtype=torch.float32, tokenizer: str = ""):
+        super().__init__()
         if not Path(path).is_dir():
             raise ScorerError(f"{path}: CLIPScore needs a transformers CLIP folder (config.json + weights + tokenizer)")
         self.model = _load(path, device, dtype, tokenizer)
@@ -66,14 +71,20 @@ class CLIPScore:
         return 100 * cos.clamp_min(0)
 
 
-class SPMScore:
+class SPMScore(nn.Module):
     """Every SPM / preference model trainer.spm loads (released .bin/.safetensors, own-format folders,
     PickScore-style CLIP folders), scored at the images' timesteps (0 for finished images)."""
 
     kind = "spm"
 
     def __init__(self, path: str | os.PathLike, device="cpu", dtype=torch.float32, tokenizer: str = ""):
+        super().__init__()
         self.model = _load(path, device, dtype, tokenizer)
+
+    @property
+    def family(self) -> str | None:
+        """The diffusion model family the SPM was trained for (hosts refuse a mismatch)."""
+        return self.model.family
 
     @torch.inference_mode()
     def score(self, images: torch.Tensor, prompts: Sequence[str], timesteps=None) -> torch.Tensor:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from .files import ScorerError, check_keys, find_tokenizer, read_weights
 
@@ -102,10 +103,12 @@ def vit_h14_config():
     return clip_h14_config()
 
 
-class HPSv2:
+class HPSv2(nn.Module):
     kind = "hpsv2"
+    family = None  # not tied to a diffusion model family
 
     def __init__(self, model):
+        super().__init__()
         self.model = model  # a step-agnostic StepAwarePreferenceModel: CLIP + tokenizer + preprocessing
 
     @torch.inference_mode()

@@ -83,6 +83,7 @@ def expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
 
 class ImageReward(nn.Module):
     kind = "imagereward"
+    family = None  # not tied to a diffusion model family
 
     def __init__(self, vision, text, mlp, tokenizer, cfg: dict):
         super().__init__()
