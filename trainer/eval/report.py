@@ -32,7 +32,7 @@ def build_report(cfg_dict: dict, prompts: PromptSet, variants: list[Variant], ke
         base = per[variants[0].label]
         table["scorers"][spec.label] = {
             "kind": spec.kind,
-            "path": spec.resolved_path(),
+            "path": spec.path,  # as given (a shipped-model name stays a name, not this machine's path)
             "models": {label: summarize(vals, idx, n) for label, vals in per.items()},
             "vs_base": {v.label: paired(per[v.label], base, idx, n) for v in variants[1:]},
         }
