@@ -38,3 +38,14 @@ def sdxl_lora(path: Path) -> Path:
     state = lora_from_peft(unet, component="unet", family="sdxl")
     save_kohya(state, path, family="sdxl", dtype=torch.float32)
     return Path(path)
+
+
+def sd15_lora(path: Path) -> Path:
+    """A tiny SD-1.5-layout LoRA: SD-1.5 naming like ShapesWorld's, but layers and widths that do not fit it."""
+    from fixtures_lora import add_random_adapter, tiny_sd15_unet
+
+    from trainer.lora import lora_from_peft, save_kohya
+
+    unet = add_random_adapter(tiny_sd15_unet(), ["to_q", "to_k"])
+    save_kohya(lora_from_peft(unet, component="unet", family="sd15"), path, family="sd15", dtype=torch.float32)
+    return Path(path)

@@ -164,3 +164,50 @@ def test_no_arguments_without_a_default_run_says_to_train_first(tmp_path, monkey
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert proc.returncode == 2
     assert "python -m trainer.spo" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path, lora, monkeypatch):
+    import trainer.eval.generate as gen
+
+    out, real_save, saved = tmp_path / "run", gen.save_png, []
+
+    def dies_after_five(image, path):
+        if len(saved) == 5:
+            raise KeyboardInterrupt  # the run is killed while writing the sixth image
+        real_save(image, path)
+        saved.append(path.name)
+
+    monkeypatch.setattr(gen, "save_png", dies_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        run(out, lora)
+    assert len(pngs(out)) == 5 and not (out / "report.json").exists()
+    monkeypatch.setattr(gen, "save_png", real_save)
+    first = pngs(out)
+    assert run(out, lora) == 0
+    after = pngs(out)
+    assert len(after) == 12 and all(after[k] == first[k] for k in first)  # the five were kept as they were
+
+
+def test_yaml_config_and_help(tmp_path, lora, capsys):
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"lora: [{lora}]\nscorers: [shapes-aesthetic]\noutput_dir: {tmp_path / 'y'}\nmax_prompts: 1\n"
+                   "sampling:\n  num_steps: 3\n  images_per_prompt: 1\n")
+    assert main(["--config", str(cfg), "--sampling.guidance_scale", "2.5", "--quiet"]) == 0
+    used = json.loads((tmp_path / "y" / "eval_config.json").read_text())
+    assert used["sampling"]["num_steps"] == 3 and used["sampling"]["guidance_scale"] == 2.5 and used["scorers"] == ["shapes-aesthetic"]
+    capsys.readouterr()
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for key in ("--model.source", "--lora", "--prompts", "--scorers", "--sampling.eta", "--assets.bert_tokenizer", "--preset"):
+        assert key in text
+    assert main(["--preset", "paper", "--help"]) == 0 and "paper's" in capsys.readouterr().out
+
+
+def test_a_lora_of_another_model_is_refused_when_merged(tmp_path, capsys):
+    from eval_fixtures import sd15_lora
+
+    path = sd15_lora(tmp_path / "sd15.safetensors")
+    argv = ["--lora", str(path), "--output_dir", str(tmp_path / "o"), "--scorers", "shapes-aesthetic", *FAST]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sd15.safetensors" in err and "another model family" in err and "\n" not in err

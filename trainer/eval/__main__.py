@@ -87,6 +87,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, ModelLoadError, LoraFileError, ScorerError, SPMError, ShapesWeightsError
 
 
+def _quiet_loaders() -> None:
+    """No weight-loading bars from transformers/diffusers: the progress bars are ours, stderr's last line the error."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     errors = _user_errors()
@@ -96,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             print(usage(preset if preset in PRESETS else "shapes"))
             return 0
         cfg = build_config(preset, yaml_path, overrides)
+        _quiet_loaders()
         from .run import evaluate
 
         result = evaluate(cfg, progress=not quiet)
