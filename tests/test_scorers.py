@@ -25,6 +25,11 @@ import imagereward_by_hand  # noqa: E402
 # HPSv2's own OpenCLIP code (tgxs002/HPSv2 @ its main branch, hpsv2/src/open_clip) on the seeded tiny checkpoint
 # of scorer_fixtures, fixed pixels and token ids: `python tests/reference/hpsv2_reference.py <hpsv2/src>`.
 HPSV2_REFERENCE_COS = [0.00711, -0.161563]
+# ImageReward's own BLIP vit.py + med.py (THUDM/ImageReward @ main; transformers 4.44 in a separate venv, timm and
+# fairscale imports replaced by stand-ins) on the same tiny checkpoint, pixels and these token ids, then the reward
+# MLP and z-score of ImageReward.score: `python tests/reference/imagereward_reference.py <BLIP dir> <ckpt>`.
+IMAGEREWARD_IDS = torch.tensor([[2, 25, 6, 11, 15, 3] + [0] * 29, [2, 48, 75, 3] + [0] * 31])
+IMAGEREWARD_REFERENCE = [-0.946692, -0.895503]
 
 
 def test_hpsv2_matches_the_original_openclip_on_the_same_tiny_weights(tmp_path):
@@ -81,6 +86,12 @@ def test_imagereward_matches_blip_written_out_by_hand(tmp_path):
     got = scorer.reward(fixed_pixels(), enc.input_ids, enc.attention_mask)
     assert got.tolist() == pytest.approx(want.tolist(), abs=1e-5)
     assert float((got - want).abs().max()) < 1e-5 and float(got.std()) > 1e-3  # not a constant
+
+
+def test_imagereward_matches_the_original_blip_code_on_the_same_tiny_weights(tmp_path):
+    scorer = load_imagereward(save_tiny_imagereward(tmp_path), config=tiny_imagereward_config())
+    got = scorer.reward(fixed_pixels(), IMAGEREWARD_IDS, (IMAGEREWARD_IDS != 0).long())
+    assert got.tolist() == pytest.approx(IMAGEREWARD_REFERENCE, abs=2e-5)
 
 
 @pytest.mark.parametrize("damage", ["missing", "extra", "shape"])
