@@ -99,5 +99,7 @@ def test_a_real_datasets_save_to_disk_folder(tmp_path):
     ds = datasets.DatasetDict({"validation_unique": datasets.Dataset.from_dict(_pickapic_rows())})
     ds.save_to_disk(str(tmp_path / "pickapic"))
     assert read_prompts(str(tmp_path / "pickapic" / "validation_unique")).prompts == ["a fox", "blue sky"]
+    assert read_prompts(str(tmp_path / "pickapic")).prompts == ["a fox", "blue sky"]  # the DatasetDict: its split
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(_pickapic_rows())}).save_to_disk(str(tmp_path / "train_only"))
     with pytest.raises(ConfigError, match="pass its split folder"):
-        read_prompts(str(tmp_path / "pickapic"))
+        read_prompts(str(tmp_path / "train_only"))

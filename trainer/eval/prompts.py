@@ -6,7 +6,8 @@ Formats, by suffix: .txt (one prompt a line), .tsv (PartiPrompts: `Prompt` + `Ca
 .csv (DrawBench: `Prompts` + `Category`), .json (HPDv2 benchmark: a list of strings, or of objects
 with a `prompt`; a folder of them, e.g. anime.json … photo.json, is read in name order with the file
 name as category), .parquet (Pick-a-Pic v1 `validation_unique-*.parquet`, `caption` column; a folder
-of them) and a `datasets.save_to_disk` folder (dataset_info.json + *.arrow). Captions are stripped
+of them) and a `datasets.save_to_disk` folder (dataset_info.json + *.arrow; a saved DatasetDict gives
+its validation_unique split). Captions are stripped
 and de-duplicated in first-seen order (the paper's 500 unique Pick-a-Pic prompts).
 """
 from __future__ import annotations
@@ -158,6 +159,11 @@ def read_prompts(source: str) -> PromptSet:
     if not path.exists():
         raise ConfigError(f"--prompts: no such file or folder {source} (or use one of {', '.join(SHAPES_SETS)})")
     if path.is_dir():
+        if (path / "dataset_dict.json").is_file():  # a DatasetDict saved whole: take the paper's split
+            splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+            if "validation_unique" not in splits:
+                raise ConfigError(f"--prompts: {source} is a saved DatasetDict without validation_unique; pass its split folder (one of {', '.join(splits)})")
+            path = path / "validation_unique"
         if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
             rows = _read_arrow_dir(path)
         elif parquet := sorted(path.glob("**/*validation_unique*.parquet")) or sorted(path.glob("*.parquet")):
