@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 # The one place that knows which config machinery parses us (see `build_config`).
-from ..spo.config import ConfigError, field_docs, flat_fields, flatten_mapping, set_value  # noqa: F401
+from ..spo.config import ConfigError, flat_fields, flatten_mapping, set_value  # noqa: F401 (re-exported)
 
 SHAPES_DEFAULT_LORA = "outputs/spo-shapes/spo-shapes.safetensors"
 

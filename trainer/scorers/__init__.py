@@ -19,7 +19,6 @@ are mapped onto transformers' own CLIP / BLIP classes (no open_clip, timm or tor
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
