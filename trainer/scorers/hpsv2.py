@@ -7,7 +7,9 @@ torchvision is needed. The score is what `hpsv2.score` returns: cos(image, text)
 embeddings (no logit scale), ~0.2–0.3 on real images; papers often print it ×100.
 
 Preprocessing as HPSv2's `preprocess_val`: shortest side to 224 (bicubic), centre crop 224,
-OpenAI CLIP mean/std.
+OpenAI CLIP mean/std. One difference: HPSv2 resizes the float tensor and keeps bicubic overshoot
+outside [0, 1]; the shared CLIP preprocessing here clamps it (as for uint8 images), which moves
+scores of hard-edged images by a few 1e-4.
 """
 from __future__ import annotations
 
