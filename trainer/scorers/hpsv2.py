@@ -8,8 +8,8 @@ embeddings (no logit scale), ~0.2–0.3 on real images; papers often print it ×
 
 Preprocessing as HPSv2's `preprocess_val`: shortest side to 224 (bicubic), centre crop 224,
 OpenAI CLIP mean/std. One difference: HPSv2 resizes the float tensor and keeps bicubic overshoot
-outside [0, 1]; the shared CLIP preprocessing here clamps it (as for uint8 images), which moves
-scores of hard-edged images by a few 1e-4.
+outside [0, 1]; the shared CLIP preprocessing here clamps it (as for uint8 images), so pixels next
+to hard edges can differ slightly (not measured against HPSv2's pipeline, which needs torchvision).
 """
 from __future__ import annotations
 
