@@ -211,3 +211,19 @@ def test_a_lora_of_another_model_is_refused_when_merged(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "sd15.safetensors" in err and "another model family" in err and "\n" not in err
+
+
+def test_categories_of_a_prompt_set_get_their_own_means(tmp_path, lora):
+    from trainer.shapes import heldout_captions
+
+    tsv = tmp_path / "parti.tsv"
+    caps = heldout_captions()[:3]
+    tsv.write_text("Prompt\tCategory\n" + "".join(f"{c}\t{cat}\n" for c, cat in zip(caps, ("A", "B", "A"))))
+    out = tmp_path / "run"
+    assert run(out, lora, "--prompts", str(tsv)) == 0
+    table = json.loads((out / "report.json").read_text())
+    cache = json.loads((out / "scores" / "shapes-aesthetic.json").read_text())["scores"]
+    base = next(v["folder"] for v in table["variants"] if v["label"] == "base")
+    a = [v for k, v in cache.items() if k.startswith(base) and k.split("/")[1][:5] in ("00000", "00002")]
+    assert table["scorers"]["shapes-aesthetic"]["by_category"]["A"]["base"] == pytest.approx(sum(a) / len(a), abs=1e-6)
+    assert "shapes-aesthetic by category" in (out / "report.md").read_text()

@@ -36,6 +36,12 @@ def build_report(cfg_dict: dict, prompts: PromptSet, variants: list[Variant], ke
             "models": {label: summarize(vals, idx, n) for label, vals in per.items()},
             "vs_base": {v.label: paired(per[v.label], base, idx, n) for v in variants[1:]},
         }
+        if prompts.categories is not None:  # PartiPrompts / DrawBench categories, HPDv2 styles
+            cats = [prompts.categories[k.prompt_index] for k in keys]
+            table["scorers"][spec.label]["by_category"] = {
+                c: {label: float(vals[[x == c for x in cats]].double().mean()) for label, vals in per.items()}
+                for c in dict.fromkeys(cats)
+            }
     return table
 
 
@@ -62,6 +68,12 @@ def to_markdown(table: dict) -> str:
             delta = _ci(vs["diff"], signed=True) if vs else "—"
             win = _ci(vs["win_rate"]) if vs else "—"
             lines.append(f"| {label} | {model} | {_ci(summary)} | {delta} | {win} |")
+    for label, s in table["scorers"].items():
+        if "by_category" in s:
+            models = list(s["models"])
+            lines += ["", f"{label} by category (mean):", "", "| category | " + " | ".join(models) + " |",
+                      "|---|" + "---|" * len(models)]
+            lines += [f"| {c} | " + " | ".join(f"{m[x]:.4g}" for x in models) + " |" for c, m in s["by_category"].items()]
     return "\n".join(lines) + "\n"
 
 
