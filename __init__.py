@@ -1,11 +1,10 @@
-"""ComfyUI loads this folder (custom_nodes/spo-studio) as a node pack through this file."""
-import os
-import sys
+"""ComfyUI loads this folder (custom_nodes/spo-studio) as a node pack through this file.
 
-_ROOT = os.path.dirname(os.path.abspath(__file__))
-if _ROOT not in sys.path:  # `trainer` and `comfy_nodes` are top-level packages of this repository
-    sys.path.insert(0, _ROOT)
-
-from comfy_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+ComfyUI imports it by path as a package named after the folder, so the nodes are a subpackage
+reached relatively: no sys.path entry, no top-level `comfy_nodes` or `trainer` module, nothing
+that changes what another pack imports. The library is registered as `spo_studio`
+(comfy_nodes/_library.py), whatever else is called `trainer` in this Python.
+"""
+from .comfy_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

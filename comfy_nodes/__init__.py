@@ -1,8 +1,12 @@
 """ComfyUI nodes of spo-studio: host glue over trainer/ (no sampling, scoring or conversion here).
 
-Importing this package needs only torch; ComfyUI modules and trainer/ are imported when a
+Importing this package needs only torch; ComfyUI modules and the library are imported when a
 node runs, so a missing optional piece shows up as a message on the node, not at start-up.
+Plugin code imports the library as `spo_studio`, never as `trainer` (the rule and why: _library.py).
 """
+from ._library import ensure_library
+
+ensure_library()  # `spo_studio` = this checkout's trainer/, registered without touching sys.path
 from .host import register_model_folders
 from .lora_node import SPOLoraLoader
 from .sampler_node import SPOSampler

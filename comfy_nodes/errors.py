@@ -1,4 +1,6 @@
 """The one error type the nodes raise: ComfyUI shows `str(e)` in its error panel, so it is one line."""
+import contextlib
+import os
 
 
 class NodeInputError(ValueError):
@@ -9,3 +11,27 @@ def one_line(node: str, err: BaseException | str) -> NodeInputError:
     """`NodeInputError("<node>: <first line of err>")`, for re-raising a library error `from None`."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return NodeInputError(f"{node}: {text}")
+
+
+# import name -> pip name, where they differ (requirements.txt lists pip names)
+_PIP_NAMES = {"PIL": "pillow", "yaml": "pyyaml", "spo_studio": "spo-studio"}
+
+
+@contextlib.contextmanager
+def library_imports(node: str):
+    """Around a node's imports of `spo_studio` (and, through it, diffusers, peft, safetensors...).
+
+    A plain `git clone` into custom_nodes/ before `pip install -r requirements.txt` lacks them: the
+    node then says in one line what to install instead of showing a ModuleNotFoundError traceback.
+    """
+    try:
+        yield
+    except ModuleNotFoundError as e:
+        missing = (e.name or str(e)).partition(".")[0]
+        requirements = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "requirements.txt")
+        how = (f"python -m pip install -r {requirements}" if os.path.isfile(requirements)
+               else "python -m pip install spo-studio")
+        raise NodeInputError(
+            f"{node}: the Python package '{_PIP_NAMES.get(missing, missing)}' is missing; install spo-studio's "
+            f"requirements with the Python that runs ComfyUI ({how}) and restart ComfyUI"
+        ) from None

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from .errors import NodeInputError, one_line
+from .errors import NodeInputError, library_imports, one_line
 from .host import filename_list, full_path, show_text_on_node
 from .sampler_node import model_family
 from .spm_nodes import CATEGORY
 
 log = logging.getLogger("spo-studio")
 NODE = "SPO LoRA Loader"
-FAMILY_NAMES = {"sd15": "SD-1.5", "sdxl": "SDXL", "shapes": "ShapesWorld (SD-1.5 layout)"}
 
 
 def kohya_module_names(kohya: dict) -> list[str]:
@@ -57,8 +56,10 @@ def apply_lora(model, clip, kohya: dict, strength_model: float, strength_clip: f
 
 
 def report_line(lora_name: str, layout: str, family: str, applied: list[str], not_applied: list[str]) -> str:
+    from spo_studio.families import display  # pure Python, already loaded by load_lora
+
     unet = sum(1 for n in applied if n.startswith("lora_unet_"))
-    line = (f"{lora_name}: {layout} LoRA for {FAMILY_NAMES.get(family, family)}: "
+    line = (f"{lora_name}: {layout} LoRA for {display(family)}: "
             f"{len(applied)}/{len(applied) + len(not_applied)} modules applied "
             f"(UNet {unet}, text encoder {len(applied) - unet}), {len(not_applied)} not applied")
     if not_applied:
@@ -103,7 +104,9 @@ class SPOLoraLoader:
 
     def load_lora(self, model, clip, lora_name: str, strength_model: float = 1.0, strength_clip: float = 1.0,
                   unique_id=None):
-        from trainer.lora import read_lora, to_kohya_state_dict
+        with library_imports(NODE):
+            from spo_studio.families import display, host_family
+            from spo_studio.lora import read_lora, to_kohya_state_dict
 
         path = full_path("loras", lora_name, NODE)
         try:
@@ -111,11 +114,10 @@ class SPOLoraLoader:
         except (ValueError, OSError) as e:
             raise one_line(f"{NODE} ({lora_name})", e) from None
         target = model_family(model.model)
-        lora_family = "sd15" if state.family == "shapes" else state.family
-        if target is not None and lora_family != target:
+        if target is not None and host_family(state.family) != target:
             raise NodeInputError(
-                f"{NODE}: {lora_name} was made for {FAMILY_NAMES.get(state.family, state.family)} but the model is "
-                f"{FAMILY_NAMES[target]}; pick a LoRA made for {FAMILY_NAMES[target]}"
+                f"{NODE}: {lora_name} was made for {display(state.family)} but the model is "
+                f"{display(target)}; pick a LoRA made for {display(target)}"
             )
         try:
             kohya = to_kohya_state_dict(state, state.family)

@@ -8,7 +8,7 @@ import logging
 import torch
 
 from .convert import comfy_image_to_ours
-from .errors import NodeInputError, one_line
+from .errors import NodeInputError, library_imports, one_line
 from .spm_nodes import CATEGORY, score_images
 
 log = logging.getLogger("spo-studio")
@@ -18,7 +18,9 @@ NODE = "SPOSampler"
 def model_family(base_model) -> str | None:
     """"sd15" | "sdxl" | None from a ComfyUI BaseModel (its model_config class: SD15, SDXL, ...)."""
     name = type(getattr(base_model, "model_config", None)).__name__
-    return {"SD15": "sd15", "SD20": None, "SDXL": "sdxl", "SSD1B": "sdxl", "Segmind_Vega": "sdxl"}.get(name)
+    from spo_studio.families import family_of_comfy_model  # pure Python: fine outside library_imports
+
+    return family_of_comfy_model(name)
 
 
 def check_eps_like(base_model) -> None:
@@ -42,15 +44,17 @@ class SPOSamplerFunction:
     @torch.no_grad()
     def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None, **_):
         from comfy.k_diffusion.sampling import default_noise_sampler
-        from trainer.spm.weights import check_family
-        from trainer.spo.guided_sampler import spo_guided_sample_traced
+        with library_imports(NODE):
+            from spo_studio.families import FAMILIES, host_family
+            from spo_studio.spm.weights import check_family
+            from spo_studio.spo.guided_sampler import spo_guided_sample_traced
 
         extra_args = {} if extra_args is None else extra_args
         base = model.inner_model.inner_model  # KSamplerX0Inpaint -> guider -> BaseModel
         check_eps_like(base)
         family = model_family(base)
         try:
-            if not (self.spm.family == "shapes" and family == "sd15"):  # ShapesWorld is SD-1.5 layout
+            if not (self.spm.family in FAMILIES and host_family(self.spm.family) == family):
                 check_family(self.spm, family)
         except ValueError as e:
             raise one_line(NODE, e) from None

@@ -1,5 +1,5 @@
 """Load Scorer: PickScore, HPSv2, ImageReward, LAION aesthetic, CLIPScore or an SPM from models/spo, as the
-SPM-typed input StepAwareScore (best-of-k) and SPOSampler take. Glue over trainer.scorers."""
+SPM-typed input StepAwareScore (best-of-k) and SPOSampler take. Glue over spo_studio.scorers (trainer/scorers in a checkout)."""
 from __future__ import annotations
 
 import os
@@ -22,7 +22,7 @@ def load_scorer_for_comfy(kind: str, path: str, device: torch.device, dtype: tor
     """
     from types import SimpleNamespace
 
-    from trainer.scorers import ScorerSpec, load_scorer
+    from spo_studio.scorers import ScorerSpec, load_scorer
 
     if kind == "spm":
         return load_spm_for_comfy(path, device, dtype)

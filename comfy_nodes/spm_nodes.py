@@ -6,7 +6,7 @@ import os
 import torch
 
 from .convert import comfy_image_to_ours, select_rows
-from .errors import NodeInputError, one_line
+from .errors import NodeInputError, library_imports, one_line
 from .host import SPM_FOLDER, filename_list, full_path, show_text_on_node, torch_device
 
 CATEGORY = "spo-studio"
@@ -14,14 +14,15 @@ SCORE_CHUNK = 16  # images per SPM forward: bounds memory for large batches
 
 
 def load_spm_for_comfy(path: str, device: torch.device, dtype: torch.dtype):
-    """trainer.spm.load_spm for a file picked from models/spo.
+    """spo_studio.spm.load_spm for a file picked from models/spo.
 
     A file whose folder also holds a config.json (our own format, or a CLIP model folder such
     as PickScore's) loads the whole folder. A lone released .bin/.safetensors carries no
     tokenizer; ComfyUI's bundled CLIP tokenizer (the same BPE vocabulary PickScore uses) is used
     so that loading stays offline.
     """
-    from trainer.spm.weights import load_spm
+    with library_imports("Load SPM"):
+        from spo_studio.spm.weights import load_spm
 
     folder = os.path.dirname(path)
     if os.path.isfile(os.path.join(folder, "config.json")):
@@ -40,14 +41,23 @@ def _bundled_clip_tokenizer() -> str | None:
 
 def score_images(spm, images: torch.Tensor, prompt: str, timestep: int | torch.Tensor) -> torch.Tensor:
     """Scores Tensor[B] (float32, CPU) of our-layout images [B, 3, H, W] in [−1, 1], in chunks."""
-    first = next(spm.parameters())  # any scorer of trainer.scorers (all nn.Modules), not only an SPM
-    device, dtype = first.device, first.dtype
+    device, dtype = _device_dtype(spm)
     t = torch.as_tensor(timestep).long().reshape(-1).expand(images.shape[0])
     out = []
     for i in range(0, images.shape[0], SCORE_CHUNK):
         chunk = images[i : i + SCORE_CHUNK].to(device=device, dtype=dtype)
         out.append(spm.score(chunk, [prompt] * chunk.shape[0], t[i : i + SCORE_CHUNK]).float().cpu())
     return torch.cat(out)
+
+
+def _device_dtype(scorer) -> tuple[torch.device, torch.dtype]:
+    """Where a scorer's weights live: an SPM's logit_scale, else the first parameter of any scorer from
+    Load Scorer (spo_studio.scorers: all nn.Modules)."""
+    scale = getattr(getattr(scorer, "model", None), "logit_scale", None)
+    if isinstance(scale, torch.Tensor):
+        return scale.device, scale.dtype
+    first = next(scorer.parameters())
+    return first.device, first.dtype
 
 
 class LoadSPM:
@@ -133,7 +143,8 @@ class StepAwareScore:
         }
 
     def score(self, images, spm, prompt: str, timestep: int = 0, top_n: int = 1, unique_id=None):
-        from trainer.spo.guided_sampler import rank_best_first
+        with library_imports("StepAwareScore"):
+            from spo_studio.spo.guided_sampler import rank_best_first
 
         if not prompt.strip():
             raise NodeInputError("StepAwareScore: the prompt is empty; type the text the images should match")

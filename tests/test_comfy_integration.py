@@ -11,6 +11,9 @@ a random-weight SD-1.5 single-file checkpoint (real architecture, so ComfyUI det
         python -m pytest tests/test_comfy_integration.py -q
 
 This file is also the driver that runs inside ComfyUI: `python test_comfy_integration.py SPEC.json`.
+It is meant for every ComfyUI `pyproject.toml` admits (requires-comfyui, 0.3.40 on): where
+ComfyUI's own signatures changed (executor caching, prompt validation, node init), it passes
+only what the running version accepts.
 """
 from __future__ import annotations
 
@@ -63,6 +66,23 @@ def _run(value):
     return asyncio.run(value) if inspect.isawaitable(value) else value
 
 
+def _supported(fn, **kwargs) -> dict:
+    """The keyword arguments `fn` accepts in this ComfyUI version (others are newer options left out)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _validate(execution, prompt_id: str, prompt: dict):
+    """execution.validate_prompt across versions: (prompt), (id, prompt), (id, prompt, partial list); sync or async."""
+    import inspect
+
+    n = len(inspect.signature(execution.validate_prompt).parameters)
+    args = {1: (prompt,), 2: (prompt_id, prompt)}.get(n, (prompt_id, prompt, None))
+    return _run(execution.validate_prompt(*args))
+
+
 def _boot_comfy(spec: dict):
     comfy_dir = spec["comfy_dir"]
     os.chdir(comfy_dir)
@@ -84,6 +104,13 @@ def _boot_comfy(spec: dict):
     return folder_paths, nodes
 
 
+def _partial_name(checkpoint: str) -> str:
+    """Where the checkpoint is written before its atomic rename. ComfyUI's load_torch_file picks the
+    safetensors reader by the name's ending (torch.load otherwise), so the name keeps `.safetensors`."""
+    stem, ext = os.path.splitext(checkpoint)
+    return f"{stem}.partial{ext}"
+
+
 def _convert_checkpoint(spec: dict) -> dict:
     """Random diffusers SD-1.5 components -> ComfyUI's single-file checkpoint (its own converter)."""
     import torch
@@ -94,7 +121,7 @@ def _convert_checkpoint(spec: dict) -> dict:
     import comfy.utils
 
     unet, clip, vae = comfy.diffusers_load.load_diffusers(spec["diffusers_dir"])
-    tmp = spec["checkpoint"] + ".tmp"
+    tmp = _partial_name(spec["checkpoint"])
     comfy.sd.save_checkpoint(tmp, unet, clip, vae)
     sd = comfy.utils.load_torch_file(tmp)
     comfy.utils.save_torch_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in sd.items()}, tmp)
@@ -124,7 +151,7 @@ def _run_workflows(spec: dict) -> dict:
     import execution
     from PIL import Image
 
-    _run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    _run(nodes.init_extra_nodes(**_supported(nodes.init_extra_nodes, init_custom_nodes=False, init_api_nodes=False)))
     loaded = _run(nodes.load_custom_node(spec["pack"]))
     for folder, path in spec["folders"].items():
         folder_paths.add_model_folder_path(folder, path)
@@ -146,11 +173,12 @@ def _run_workflows(spec: dict) -> dict:
 
     comfy.model_base.BaseModel.apply_model = counting_apply_model
     server = _Server()
-    executor = execution.PromptExecutor(server, cache_args={"lru": 0, "ram": 0})
+    # no output caching between jobs: cache_args from ComfyUI 0.8, classic caching (the default) before
+    executor = execution.PromptExecutor(server, **_supported(execution.PromptExecutor, cache_args={"lru": 0, "ram": 0}))
     for name, prompt in spec["jobs"].items():
         rows.clear()
         pid = str(uuid.uuid4())
-        valid = _run(execution.validate_prompt(pid, prompt, None))
+        valid = _validate(execution, pid, prompt)
         job = {"valid": bool(valid[0])}
         if not valid[0]:
             job["error"] = valid[1]

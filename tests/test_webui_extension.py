@@ -271,7 +271,7 @@ def test_spm_failing_mid_sampling_finishes_the_image_and_says_so(tmp_path):
         assert "SPO score" not in params and "CUDA out of memory" in params["SPO skipped"]
 
 
-def test_copied_folder_without_trainer_says_how_to_fix(tmp_path):
+def test_copied_folder_without_the_library_says_how_to_fix(tmp_path):
     """A copy of webui_extension/ in a WebUI whose Python lacks spo-studio: one clear line, no script."""
     import subprocess
     import sys
@@ -279,11 +279,11 @@ def test_copied_folder_without_trainer_says_how_to_fix(tmp_path):
     ext = H.install(tmp_path, "copy")
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "sys.modules['trainer'] = None;"  # not installed (even where CI pip-installed the repository)
+        "sys.modules['spo_studio'] = None;"  # not installed (even where CI pip-installed the repository)
         "from modules import scripts; scripts.load_scripts(sys.argv[2]);"
         "print('SCRIPTS', len(scripts.scripts_data))"
     )
     out = subprocess.run([sys.executable, "-c", code, str(H.STANDIN), str(ext)], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "the `trainer` package is not importable" in out.stdout and "SCRIPTS 0" in out.stdout
+    assert "the spo-studio library (`spo_studio`) is not importable" in out.stdout and "SCRIPTS 0" in out.stdout

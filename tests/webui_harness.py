@@ -17,6 +17,7 @@ if str(STANDIN) not in sys.path:
 from modules import errors, paths, processing, scripts, shared  # noqa: E402
 from toy_model import ToySDModel  # noqa: E402
 
+PACKAGE = "spo_studio_webui"  # the name the entry script loads webui_extension/ under
 SPO_ARGS = ["enabled", "mode", "spm", "k", "window_start", "window_end", "selection", "temperature"]
 
 
@@ -55,7 +56,7 @@ def red_loader(path):
 def install(tmp: Path, how: str = "repo") -> Path:
     """An A1111 `extensions/` folder with spo-studio installed `how`: "repo" (Install from URL:
     the whole repository), "link" (a link to webui_extension/) or "copy" (only webui_extension/,
-    under another folder name; `trainer` comes from the Python path, as when pip-installed)."""
+    under another folder name; the library `spo_studio` comes from the Python path, as when pip-installed)."""
     ext = tmp / "extensions"
     ext.mkdir(exist_ok=True)
     if how == "repo":
@@ -71,7 +72,7 @@ def install(tmp: Path, how: str = "repo") -> Path:
 
 def forget_extension_modules() -> None:
     """Drop the extension's modules so the next load_scripts imports them afresh."""
-    for name in [m for m in sys.modules if m == "webui_extension" or m.startswith("webui_extension.")]:
+    for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
         del sys.modules[name]
 
 
@@ -90,7 +91,7 @@ def setup_webui(tmp: Path, how: str = "repo", sdxl: bool = False, spm_files=("re
     errors.reported.clear()
     forget_extension_modules()
     scripts.load_scripts(str(install(tmp, how)))
-    module = sys.modules["webui_extension.script"]
+    module = sys.modules[PACKAGE + ".script"]
     module.SPM_CACHE.clear()
     module.SPM_CACHE.loader = red_loader
     runner = scripts.ScriptRunner()

@@ -1,4 +1,4 @@
-"""Loading SD-1.5, SDXL and ShapesWorld models: the one place where model families differ.
+"""Loading SD-1.5, SDXL and ShapesWorld models (their differences: the family table, trainer/families.py).
 
 Everything downstream (SPO sampling and training, the SPM trainer, the plugins) sees a
 `DiffusionModel` and calls `encode_prompts`, `guided_output`, `decode`, `encode`. SDXL's
@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from .families import FAMILIES, Family, family_of_checkpoint_keys, family_of_unet_config
 from .schedule import NoiseSchedule, guided
 
 
@@ -22,30 +23,8 @@ class ModelLoadError(ValueError):
     """A model path or checkpoint that cannot be loaded; the message is one line for the user."""
 
 
-@dataclass(frozen=True)
-class FamilySpec:
-    """What differs between model families.
-
-    name: "sd15" | "sdxl" | "shapes".
-    lora_naming: kohya naming scheme of its UNet modules ("sd15": diffusers-style, "sdxl": LDM-style).
-    resolution: default image side in pixels.
-    pooled_text: SDXL-style conditioning (two text encoders, pooled embeds, time ids).
-    zero_uncond: unconditional embedding is zeros rather than the encoding of "" (SDXL's
-        `force_zeros_for_empty_prompt`).
-    """
-
-    name: str
-    lora_naming: str
-    resolution: int
-    pooled_text: bool = False
-    zero_uncond: bool = False
-
-
-FAMILIES: dict[str, FamilySpec] = {
-    "sd15": FamilySpec("sd15", "sd15", 512),
-    "sdxl": FamilySpec("sdxl", "sdxl", 1024, pooled_text=True, zero_uncond=True),
-    "shapes": FamilySpec("shapes", "sd15", 64),
-}
+# what differs between families lives in the family table (trainer/families.py)
+FamilySpec = Family
 
 
 @dataclass
@@ -207,7 +186,7 @@ def detect_family_from_dir(path: Path) -> str:
     if not unet_cfg.is_file():
         raise ModelLoadError(f"{path}: not a diffusers pipeline directory (no unet/config.json)")
     cfg = json.loads(unet_cfg.read_text())
-    if cfg.get("cross_attention_dim") == 768 and cfg.get("block_out_channels") == [320, 640, 1280, 1280]:
+    if family_of_unet_config(cfg) == "sd15":
         return "sd15"
     if cfg.get("sample_size", 64) <= 32:
         return "shapes"
@@ -219,10 +198,9 @@ def detect_family_from_dir(path: Path) -> str:
 def detect_family_from_keys(keys: Sequence[str], path: str) -> str:
     """sd15 / sdxl from the key names of an original-layout single-file checkpoint."""
     keys = set(keys)
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return "sdxl"
-    if any(k.startswith("cond_stage_model.transformer.") for k in keys):
-        return "sd15"
+    family = family_of_checkpoint_keys(keys)
+    if family is not None:
+        return family
     if any(k.startswith("cond_stage_model.model.") for k in keys):
         raise ModelLoadError(f"{path}: looks like an SD-2.x checkpoint; spo-studio supports SD-1.5 and SDXL")
     raise ModelLoadError(f"{path}: unknown checkpoint family (neither SD-1.5 nor SDXL keys found)")

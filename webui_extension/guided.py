@@ -1,5 +1,5 @@
 """A1111 glue for SPO-guided sampling: a k-diffusion-style sampler function that runs the
-shared core `trainer.spo.guided_sampler.spo_guided_sample` with the WebUI's model, noise,
+shared core `spo_studio.spo.guided_sampler.spo_guided_sample` with the WebUI's model, noise,
 VAE and SPM.
 
 A1111 calls a k-diffusion sampler as
@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from trainer.spo.guided_sampler import sigma_to_timestep, spo_guided_sample_traced
+from spo_studio.spo.guided_sampler import sigma_to_timestep, spo_guided_sample_traced
 
 from .settings import SPOSettings
 

@@ -27,7 +27,7 @@ def load_scorer(kind: str, path: str, device=None, dtype=None):
     aesthetic MLP's CLIP come from beside the checkpoint (tokenizer/, clip/)."""
 
     def load(p: str):
-        from trainer.scorers import ScorerSpec, load_scorer as load_any
+        from spo_studio.scorers import ScorerSpec, load_scorer as load_any
 
         folder = os.path.dirname(p)
         if kind in ("pickscore", "clipscore") and os.path.isfile(p) and os.path.isfile(os.path.join(folder, "config.json")):

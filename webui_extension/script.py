@@ -23,6 +23,7 @@ import torch
 
 from modules import devices, paths, script_callbacks, scripts, sd_samplers_common, sd_samplers_kdiffusion, shared
 from modules.ui_components import InputAccordion, ToolButton
+from spo_studio.families import FAMILIES
 
 from . import guided, scorer_tab
 from .prompt_text import plain_prompt
@@ -55,8 +56,9 @@ def spm_dir() -> str:
 
 def model_family(sd_model) -> str:
     """"sd15" | "sdxl" | another name for checkpoints SPO does not support."""
-    if getattr(sd_model, "is_sdxl", False):
-        return "sdxl"
+    for name, family in FAMILIES.items():  # the family table says which A1111 flag marks its models
+        if family.a1111_flag and getattr(sd_model, family.a1111_flag, False):
+            return name
     for flag, name in (("is_sd3", "SD3"), ("is_sd2", "SD2"), ("is_ssd", "SSD-1B")):
         if getattr(sd_model, flag, False):
             return name

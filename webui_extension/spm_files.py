@@ -9,8 +9,10 @@ import os
 import threading
 from dataclasses import dataclass
 
+from spo_studio.families import REAL_FAMILIES, display
+
 SPM_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth")
-FAMILIES = ("sd15", "sdxl")
+FAMILIES = REAL_FAMILIES  # the family table's (trainer/families.py)
 
 
 class SPMUnavailable(Exception):
@@ -72,7 +74,7 @@ def check_family(spm_fam: str | None, model_fam: str, name: str) -> None:
 
 
 def _pretty(fam: str) -> str:
-    return {"sd15": "SD-1.5", "sdxl": "SDXL"}.get(fam, fam)
+    return display(fam)
 
 
 @dataclass
@@ -132,9 +134,9 @@ class SPMCache:
 
 def _trainer_load_spm():
     try:
-        from trainer.spm import load_spm
+        from spo_studio.spm import load_spm
     except ImportError:
-        from trainer.spm.weights import load_spm
+        from spo_studio.spm.weights import load_spm
     return load_spm
 
 

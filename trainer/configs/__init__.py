@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-FAMILIES = ("sd15", "sdxl")
+from ..families import REAL_FAMILIES
+
+FAMILIES = REAL_FAMILIES  # the family table's real base models (trainer/families.py)
 
 _ROOT = Path(__file__).resolve().parent
 

@@ -12,6 +12,8 @@ from typing import Mapping
 import safetensors.torch
 import torch
 
+from ..families import FAMILIES
+from ..families import get as get_family
 from .names import KOHYA_PREFIX, diffusers_to_ldm, path_to_kohya
 from .state import LoraModule, LoraState
 
@@ -19,20 +21,16 @@ from .state import LoraModule, LoraState
 # all four projections of the layer are present, and silently skips the layer otherwise.
 OPENCLIP_ATTN = ("q_proj", "k_proj", "v_proj", "out_proj")
 
-BASE_MODEL_VERSION = {"sd15": "sd_v1", "shapes": "sd_v1", "sdxl": "sdxl_base_v1-0"}
-ARCHITECTURE = {"sd15": "stable-diffusion-v1/lora", "shapes": "stable-diffusion-v1/lora",
-                "sdxl": "stable-diffusion-xl-v1-base/lora"}
-# kohya's sai_model_spec: SDXL LoRAs name the Stability implementation, SD-1.x LoRAs "diffusers"
-IMPLEMENTATION = {"sd15": "diffusers", "shapes": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
-RESOLUTION = {"sd15": "512x512", "shapes": "64x64", "sdxl": "1024x1024"}
-DEFAULT_BASE_MODEL = {"sd15": "runwayml/stable-diffusion-v1-5", "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-                      "shapes": "spo-studio/shapesworld"}
+# the metadata we write per family (kohya ss_*, sai_model_spec), from the family table
+BASE_MODEL_VERSION = {n: f.ss_base_model_version for n, f in FAMILIES.items()}
+ARCHITECTURE = {n: f.modelspec_architecture for n, f in FAMILIES.items()}
+IMPLEMENTATION = {n: f.modelspec_implementation for n, f in FAMILIES.items()}
+RESOLUTION = {n: f"{f.resolution}x{f.resolution}" for n, f in FAMILIES.items()}
+DEFAULT_BASE_MODEL = {n: f.base_model for n, f in FAMILIES.items()}
 
 
 def _naming(family: str) -> str:
-    if family not in BASE_MODEL_VERSION:
-        raise ValueError(f"unknown model family {family!r}; use sd15, sdxl or shapes")
-    return "sdxl" if family == "sdxl" else "sd15"
+    return get_family(family).lora_naming
 
 
 def complete_openclip_layers(modules: Mapping[str, LoraModule]) -> dict[str, LoraModule]:

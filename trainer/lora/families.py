@@ -11,13 +11,13 @@ from typing import Mapping
 
 import torch
 
+from ..families import FAMILIES, REAL_FAMILIES
 from .errors import LoraFileError
 from .state import LoraModule, canonical_text_path
 
-REAL_FAMILIES = ("sd15", "sdxl")
-# metadata value prefixes -> family
-_SS_VERSION = (("sdxl", "sdxl"), ("sd_v1", "sd15"))
-_ARCHITECTURE = (("stable-diffusion-xl", "sdxl"), ("stable-diffusion-v1", "sd15"))
+# metadata value prefixes -> family (the family table)
+_SS_VERSION = tuple((p, n) for n in REAL_FAMILIES for p in FAMILIES[n].ss_version_prefixes)
+_ARCHITECTURE = tuple((p, n) for n in REAL_FAMILIES for p in FAMILIES[n].architecture_prefixes)
 
 ModuleTable = dict[str, tuple[int, ...]]  # module path -> weight shape ([out, in] or [out, in, kh, kw])
 
@@ -79,7 +79,7 @@ def fit_problem(modules: Mapping[str, LoraModule], tables: Mapping[str, ModuleTa
 
 
 def family_from_metadata(metadata: Mapping[str, str]) -> str | None:
-    if metadata.get("spo_studio.family") in ("sd15", "sdxl", "shapes"):
+    if metadata.get("spo_studio.family") in FAMILIES:
         return metadata["spo_studio.family"]
     version = metadata.get("ss_base_model_version", "")
     for prefix, fam in _SS_VERSION:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..families import family_of_unet_config
 from .errors import LoraFileError
 from .export import lora_config_dict
 from .families import shape_mismatch
@@ -24,12 +25,8 @@ def component_of(model: torch.nn.Module) -> str:
 
 
 def family_of_unet(unet: torch.nn.Module) -> str:
-    cfg = unet.config
-    if cfg.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    if list(cfg.get("block_out_channels", [])) == [320, 640, 1280, 1280] and cfg.get("cross_attention_dim") == 768:
-        return "sd15"
-    return "shapes"
+    """The family table's real family whose UNet config this is; other UNets are ShapesWorld-sized ones."""
+    return family_of_unet_config(dict(unet.config)) or "shapes"
 
 
 def _strip_wrapper(name: str) -> str:

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..families import FAMILIES as _FAMILY_TABLE
+
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
-FAMILIES = ("sd15", "sdxl", "shapes")
+FAMILIES = tuple(_FAMILY_TABLE)
 
 
 @dataclass

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 PAIRS_TRAIN, PAIRS_EVAL = "pairs_train", "pairs_eval"
+_LIBRARY = __name__.partition(".")[0]  # `trainer` in the repository, `spo_studio` when pip-installed
 
 
 def _pairs(cfg, out: Path, scratch: Path, log):
@@ -102,7 +103,7 @@ def stage_spm(cfg, out: Path, scratch: Path, log) -> dict:
     if not (scratch / PAIRS_TRAIN / "metadata.jsonl").exists():
         _pairs(cfg, out, scratch, log)
     run = scratch / "spm_run"
-    cmd = [sys.executable, "-m", "trainer.spm", "train", "--preset", "shapes", "--base-model", str(out / "pipeline"),
+    cmd = [sys.executable, "-m", _LIBRARY + ".spm", "train", "--preset", "shapes", "--base-model", str(out / "pipeline"),
            "--init", str(out / "preference"), "--data", str(scratch / PAIRS_TRAIN), "--eval-data",
            str(scratch / PAIRS_EVAL), "--out", str(run), "--seed", str(cfg.seed + 20), "--lr", str(cfg.spm_lr), "--progress", "false"]
     if cfg.spm_steps:

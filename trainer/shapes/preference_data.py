@@ -80,7 +80,7 @@ def concat(a: Pairs, b: Pairs) -> Pairs:
 
 def write_pairs(pairs: Pairs, out_dir: str | Path) -> Path:
     """Write as a Pick-a-Pic-layout directory (metadata.jsonl + PNGs) with the SPM package's writer."""
-    from trainer.spm.data import write_pickapic_dir
+    from ..spm.data import write_pickapic_dir
 
     rows = ({"caption": c, "jpg_0": pairs.images_0[i], "jpg_1": pairs.images_1[i], "label_0": float(pairs.label_0[i]),
              "label_1": 1.0 - float(pairs.label_0[i])} for i, c in enumerate(pairs.captions))

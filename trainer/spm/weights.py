@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..atomic import write_text
+from ..families import family_from_spm_filename
 from .errors import SPMError
 from .model import StepAwarePreferenceModel
 from .preprocess import PreprocessConfig
@@ -35,7 +36,6 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 LEGACY_BUFFERS = ("model.text_model.embeddings.position_ids", "model.vision_model.embeddings.position_ids")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
-FAMILY_HINTS = (("sd-v1-5_", "sd15"), ("sd15_", "sd15"), ("sdxl_", "sdxl"))
 
 
 def _shipped() -> dict:
@@ -62,11 +62,7 @@ def default_tokenizer_source() -> str:
 
 def family_from_filename(name: str | os.PathLike) -> str | None:
     """'sd15' / 'sdxl' from the released file names (sd-v1-5_…, sdxl_…), else None."""
-    base = Path(name).name.lower()
-    for prefix, family in FAMILY_HINTS:
-        if base.startswith(prefix):
-            return family
-    return None
+    return family_from_spm_filename(Path(name).name)  # the prefixes are in the family table
 
 
 # -- reading state dicts ----------------------------------------------------------------------------

@@ -102,9 +102,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     import importlib
 
     found = []
-    for module, name in (("trainer.lora", "LoraFileError"), ("trainer.spm", "SPMError"), ("trainer.shapes", "ShapesWeightsError")):
-        try:
-            found.append(getattr(importlib.import_module(module), name))
+    for module, name in ((".lora", "LoraFileError"), (".spm", "SPMError"), (".shapes", "ShapesWeightsError")):
+        try:  # relative to the library's top package: `trainer` in the repository, `spo_studio` installed
+            found.append(getattr(importlib.import_module(module, __package__.rpartition(".")[0]), name))
         except (ImportError, AttributeError):
             pass
     return tuple(found)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..families import FAMILIES
+
 
 class ConfigError(ValueError):
     """A bad config key or value; the message is one line naming the flag."""
@@ -127,9 +129,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lora.alpha": 4.0,
     },
     "sd15": {
-        "model.source": "runwayml/stable-diffusion-v1-5",
+        "model.source": FAMILIES["sd15"].base_model,
         "model.family": "sd15",
-        "scorer.source": "sd-v1-5_step-aware_preference_model.bin",
+        "scorer.source": FAMILIES["sd15"].released_spm,
         "prompts": "",
         "output_dir": "outputs/spo-sd15",
         "sampling.k": 4,
@@ -146,9 +148,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lora.alpha": 4.0,
     },
     "sdxl": {
-        "model.source": "stabilityai/stable-diffusion-xl-base-1.0",
+        "model.source": FAMILIES["sdxl"].base_model,
         "model.family": "sdxl",
-        "scorer.source": "sdxl_step-aware_preference_model.bin",
+        "scorer.source": FAMILIES["sdxl"].released_spm,
         "prompts": "",
         "output_dir": "outputs/spo-sdxl",
         "sampling.k": 2,

@@ -34,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from trainer.schedule import NoiseSchedule, ddim_std
+from ..schedule import NoiseSchedule, ddim_std
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 X0Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -304,8 +304,8 @@ def model_denoiser(model, cond, uncond, guidance_scale: float) -> Denoiser:
     cond, uncond: PromptEmbeds of B prompts; calls with N = m·B rows (k-major candidates) tile them.
     Each call is one guided UNet forward on a 2N batch.
     """
-    from trainer.models import PromptEmbeds
-    from trainer.schedule import pred_x0_and_eps
+    from ..models import PromptEmbeds
+    from ..schedule import pred_x0_and_eps
 
     schedule = model.schedule
 

@@ -295,6 +295,8 @@ def _tensorboard(logdir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is an optional extra; log.jsonl is always written
+        print(f"{logdir}: not written, TensorBoard logging needs the tensorboard extra "
+              f"(pip install tensorboard); log.jsonl has the same per-epoch numbers")
         return _NoWriter()
     return SummaryWriter(str(logdir))
 
