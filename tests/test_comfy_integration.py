@@ -35,28 +35,63 @@ STEPS, SIZE = 4, 64
 # ====================================================================== the driver (inside ComfyUI)
 
 
-def _stub_torchvision() -> None:
-    """A CPU-only torch has no matching torchvision wheel; SD runs never call into it.
+class _AbsentMeta(type):
+    """What a stand-in module hands out: importable, subclassable, and an error only when used."""
 
-    transformers is imported first, so that it records torchvision as absent (it checks once).
+    def __call__(cls, *args, **kwargs):
+        raise RuntimeError(f"{cls.__qualname__}: not installed here (a stand-in of the ComfyUI test driver)")
+
+    def __getattr__(cls, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return _AbsentMeta(f"{cls.__qualname__}.{attr}", (), {"__qualname__": f"{cls.__qualname__}.{attr}"})
+
+
+class _AbsentFinder:
+    """Imports of `name` and any `name.sub.module` get stand-in modules (a meta-path finder)."""
+
+    def __init__(self, names):
+        self.names = set(names)
+
+    def find_spec(self, fullname, path=None, target=None):
+        import importlib.machinery
+
+        if fullname.split(".")[0] in self.names:
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        import types
+
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+        module.__getattr__ = lambda attr: getattr(_AbsentMeta(spec.name, (), {"__qualname__": spec.name}), attr)
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+def _stub_absent_media_packages() -> None:
+    """torchvision and torchaudio stand-ins where no wheel for the installed CPU torch loads.
+
+    SD-1.5 runs never call into them, but ComfyUI imports them at start-up (more of them with each
+    release: torchaudio at module level and torchvision.ops in model_base by 0.28). A package that
+    loads is used as it is. transformers is imported first, so that it records them as absent (it
+    checks once).
     """
-    import importlib.machinery
-    import types
-
     import transformers  # noqa: F401
 
-    try:
-        import torchvision  # noqa: F401
-        return
-    except Exception:
-        pass
-    tv = types.ModuleType("torchvision")
-    tv.__spec__ = importlib.machinery.ModuleSpec("torchvision", None)
-    tv.transforms = types.ModuleType("torchvision.transforms")
-    tv.transforms.functional = types.ModuleType("torchvision.transforms.functional")
-    tv.models = None
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": tv.transforms,
-                        "torchvision.transforms.functional": tv.transforms.functional})
+    absent = []
+    for name in ("torchvision", "torchaudio"):
+        try:
+            __import__(name)
+        except Exception:
+            for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+                del sys.modules[key]  # a half-loaded package (a wheel built for another torch)
+            absent.append(name)
+    if absent:
+        sys.meta_path.insert(0, _AbsentFinder(absent))
 
 
 def _run(value):
@@ -74,6 +109,14 @@ def _supported(fn, **kwargs) -> dict:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
+def _executor_options(execution) -> dict:
+    """PromptExecutor's options as main.py builds them for `--cache-classic` (outputs dropped as soon as
+    they are used, so no job is served from another's cache), in the running version's terms: 0.3.x
+    takes cache_size; 0.8 cache_args with "lru" and "ram"; by 0.28 execute() also reads "ram_inactive"."""
+    return _supported(execution.PromptExecutor, cache_type=execution.CacheType.CLASSIC, cache_size=None,
+                      cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+
+
 def _validate(execution, prompt_id: str, prompt: dict):
     """execution.validate_prompt across versions: (prompt), (id, prompt), (id, prompt, partial list); sync or async."""
     import inspect
@@ -87,7 +130,7 @@ def _boot_comfy(spec: dict):
     comfy_dir = spec["comfy_dir"]
     os.chdir(comfy_dir)
     sys.path.insert(0, comfy_dir)
-    _stub_torchvision()
+    _stub_absent_media_packages()
     out = spec["work"]
     for d in ("output", "temp", "user"):
         os.makedirs(f"{out}/{d}", exist_ok=True)
@@ -173,8 +216,7 @@ def _run_workflows(spec: dict) -> dict:
 
     comfy.model_base.BaseModel.apply_model = counting_apply_model
     server = _Server()
-    # no output caching between jobs: cache_args from ComfyUI 0.8, classic caching (the default) before
-    executor = execution.PromptExecutor(server, **_supported(execution.PromptExecutor, cache_args={"lru": 0, "ram": 0}))
+    executor = execution.PromptExecutor(server, **_executor_options(execution))
     for name, prompt in spec["jobs"].items():
         rows.clear()
         pid = str(uuid.uuid4())
