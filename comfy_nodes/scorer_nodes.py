@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from .errors import one_line
+from .errors import library_imports, one_line
 from .host import SPM_FOLDER, filename_list, full_path, torch_device
 from .spm_nodes import CATEGORY, _bundled_clip_tokenizer, load_spm_for_comfy
 
@@ -22,7 +22,8 @@ def load_scorer_for_comfy(kind: str, path: str, device: torch.device, dtype: tor
     """
     from types import SimpleNamespace
 
-    from spo_studio.scorers import ScorerSpec, load_scorer
+    with library_imports("Load Scorer"):
+        from spo_studio.scorers import ScorerSpec, load_scorer
 
     if kind == "spm":
         return load_spm_for_comfy(path, device, dtype)

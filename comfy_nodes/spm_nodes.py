@@ -40,24 +40,12 @@ def _bundled_clip_tokenizer() -> str | None:
 
 
 def score_images(spm, images: torch.Tensor, prompt: str, timestep: int | torch.Tensor) -> torch.Tensor:
-    """Scores Tensor[B] (float32, CPU) of our-layout images [B, 3, H, W] in [−1, 1], in chunks."""
-    device, dtype = _device_dtype(spm)
-    t = torch.as_tensor(timestep).long().reshape(-1).expand(images.shape[0])
-    out = []
-    for i in range(0, images.shape[0], SCORE_CHUNK):
-        chunk = images[i : i + SCORE_CHUNK].to(device=device, dtype=dtype)
-        out.append(spm.score(chunk, [prompt] * chunk.shape[0], t[i : i + SCORE_CHUNK]).float().cpu())
-    return torch.cat(out)
+    """SPM scores Tensor[B] (float32, CPU) of our-layout images [B, 3, H, W] in [−1, 1], in chunks
+    (spo_studio.scoring.score_batch: the one batch-scoring path of both hosts)."""
+    with library_imports("SPO scoring"):
+        from spo_studio.scoring import score_batch
 
-
-def _device_dtype(scorer) -> tuple[torch.device, torch.dtype]:
-    """Where a scorer's weights live: an SPM's logit_scale, else the first parameter of any scorer from
-    Load Scorer (spo_studio.scorers: all nn.Modules)."""
-    scale = getattr(getattr(scorer, "model", None), "logit_scale", None)
-    if isinstance(scale, torch.Tensor):
-        return scale.device, scale.dtype
-    first = next(scorer.parameters())
-    return first.device, first.dtype
+    return score_batch(spm, images, prompt, timestep, chunk=SCORE_CHUNK)
 
 
 class LoadSPM:

@@ -406,7 +406,9 @@ def comfy_run(assets, tmp_path_factory) -> dict:
     jobs = {
         "lora": _example("spo_lora_ksampler", spm),
         "best_of_4": _example("best_of_4_stepaware", spm),
-        "spo_sampler": _example("spo_sampler_samplercustom", spm, k=2, window_start=0.25, window_end=1.0),
+        "spo_sampler": _example("spo_sampler_samplercustom", spm, k=2, window_start=0.25, window_end=1.0,
+                                strategy="greedy", judge_every=1),
+        "spo_sampler_fk": _example("spo_sampler_samplercustom", spm, k=2),  # the example's fk settings
         "bad_sdxl_lora": _example("spo_lora_ksampler", spm, lora_name=LORA_SDXL),
         "bad_spm": _example("best_of_4_stepaware", spm, spm_name="corrupt.safetensors"),
         "bad_k": _example("spo_sampler_samplercustom", spm, k=1),
@@ -467,6 +469,21 @@ def test_spo_sampler_workflow_costs_exactly_n_plus_k_minus_1_times_w_evaluations
     # CFG batches cond + uncond into one UNet call, so every row count is 2 × (samples in the call)
     assert sum(job["model_rows"]) == 2 * expected_model_evals(STEPS, 2, k=2) == 2 * 6
     assert sorted(set(job["model_rows"])) == [2, 4]
+    assert job["images"]["9"] == [[SIZE, SIZE]]
+
+
+def test_spo_sampler_fk_workflow_costs_what_strategy_cost_says(comfy_run):
+    import torch
+
+    from trainer.spo.strategies import StrategyConfig, strategy_cost
+
+    job = comfy_run["jobs"]["spo_sampler_fk"]
+    assert job["success"], job
+    # the example's fk settings (window 0.4-0.7, every 4) on 4 steps resample at step 2; the first step's
+    # model call is shared by the particles: 1 + k·(n − 1) evaluations, each a cond + uncond row pair
+    config = StrategyConfig(name="fk", k=2, window=(0.4, 0.7), every=4)
+    cost = strategy_cost(config, torch.linspace(1.0, 0.0, STEPS + 1))
+    assert sum(job["model_rows"]) == 2 * cost.model_evals == 2 * (1 + 2 * (STEPS - 1))
     assert job["images"]["9"] == [[SIZE, SIZE]]
 
 

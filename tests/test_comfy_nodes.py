@@ -314,12 +314,14 @@ def test_step_aware_score_bad_input_is_one_line(comfy):
 # ====================================================================== SPOSampler
 
 
-def sampler_setup(comfy, family="SD15", kind="EPS", spm_family="sd15", k=3, window=(0.25, 1.0), selection="best"):
+def sampler_setup(comfy, family="SD15", kind="EPS", spm_family="sd15", k=3, window=(0.25, 1.0), selection="best",
+                  **strategy):
     spm = load_spm_node(comfy, family=spm_family)
     vae = StandinVAE()
     g = torch.Generator().manual_seed(0)
     guider = StandinGuider(StandinBaseModel(family, kind), torch.randn(1, 4, 32, generator=g), torch.randn(1, 4, 32, generator=g))
-    (sampler,) = comfy["nodes"].SPOSampler().get_sampler(spm, vae, PROMPT, k, *window, selection, 1.0)
+    strategy = strategy or dict(strategy="greedy", judge_every=1)
+    (sampler,) = comfy["nodes"].SPOSampler().get_sampler(spm, vae, PROMPT, k, *window, selection, 1.0, **strategy)
     return sampler, guider, vae, spm
 
 
@@ -395,8 +397,56 @@ def test_spo_sampler_refuses_an_spm_of_another_family_and_flow_models(comfy):
         run_sampler(sampler, guider)
 
 
+def test_spo_sampler_offers_the_strategies_with_bench_defaults_and_cost_tooltips(comfy):
+    from trainer.spo.strategies import HOST_DEFAULT
+
+    spec = comfy["nodes"].SPOSampler.INPUT_TYPES()
+    req, opt = spec["required"], spec["optional"]
+    assert opt["strategy"][0] == ["fk", "best-of-k", "greedy"] and opt["strategy"][1]["default"] == HOST_DEFAULT.name
+    assert (req["k"][1]["default"], req["window_start"][1]["default"], req["window_end"][1]["default"],
+            opt["judge_every"][1]["default"], opt["potential"][1]["default"], opt["lam"][1]["default"]) == (
+        HOST_DEFAULT.k, *HOST_DEFAULT.window, HOST_DEFAULT.every, HOST_DEFAULT.potential, HOST_DEFAULT.lam)
+    assert "≈ k× the model evaluations of plain sampling" in req["k"][1]["tooltip"]
+    assert "≈ k× the model evaluations of plain sampling" in opt["strategy"][1]["tooltip"]
+
+
+@pytest.mark.parametrize("strategy", ["fk", "best-of-k"])
+def test_spo_sampler_particle_strategies_cost_what_the_cost_function_says(comfy, strategy, caplog):
+    """fk / best-of-k through ComfyUI: the guider and the VAE count what strategy_cost predicts, the
+    judged steps are reported as progress, and the seed makes it repeatable."""
+    from trainer.spo.strategies import resampling_steps, strategy_cost
+
+    sampler, guider, vae, spm = sampler_setup(comfy, k=3, window=(0.25, 0.75), strategy=strategy, judge_every=2,
+                                              potential="max", lam=2.0)
+    config = sampler.sampler_function.config
+    assert config.name == strategy and config.k == 3 and config.every == 2 and config.lam == 2.0
+    with caplog.at_level("INFO", logger="spo-studio"):
+        out, progress, _ = run_sampler(sampler, guider, batch=2)
+    sigmas = torch.cat([torch.linspace(6.0, 0.05, 8), torch.zeros(1)])
+    cost = strategy_cost(config, sigmas)
+    assert sum(guider.rows) == 2 * cost.model_evals == 2 * (1 + 3 * 7)
+    assert sum(latents.shape[0] for latents in vae.decoded) == 2 * cost.scorer_images
+    judged = resampling_steps(config, sigmas) if strategy == "fk" else []
+    assert judged == ([2, 4] if strategy == "fk" else [])
+    assert cost.scorer_images == 3 * (len(judged) + 1)
+    trace = sampler.sampler_function.last_trace
+    assert [r.step for r in trace.branches] == judged + [8]
+    total = len(judged) + 1  # the judged steps and the final pick, counted in the log as they happen
+    assert [m for m in caplog.messages if "judged step" in m] == [
+        f"SPOSampler: judged step {j}/{total} ({strategy}, k=3)" for j in range(1, total + 1)]
+    # the kept sample is the particle the SPM scored best at t = 0
+    assert trace.branches[-1].timestep == 0 and torch.equal(trace.branches[-1].chosen,
+                                                             trace.branches[-1].scores.argmax(dim=0))
+    assert progress == [(i, 8) for i in range(8)] and out.shape == (2, 4, 8, 8)
+    again, *_ = run_sampler(sampler, guider, batch=2)
+    assert torch.equal(out, again)
+
+
 @pytest.mark.parametrize("args,needle", [
     (dict(prompt=" "), "the prompt is empty"),
+    (dict(strategy="beam"), "strategy must be one of"),
+    (dict(strategy="fk", potential="min"), "potential must be one of"),
+    (dict(strategy="fk", judge_every=0), "judge every must be at least 1"),
     (dict(k=1), "k must be at least 2"),
     (dict(window_start=0.8, window_end=0.2), "window_start <= window_end"),
     (dict(selection="worst"), "selection must be best or softmax"),

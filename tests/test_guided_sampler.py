@@ -15,6 +15,15 @@ from trainer.spo.guided_sampler import (
     spo_guided_sample,
     spo_guided_sample_traced,
 )
+from trainer.spo.strategies import (
+    StrategyConfig,
+    best_per_sample,
+    potential_update,
+    resample_ancestors,
+    resampling_steps,
+    sample,
+    strategy_cost,
+)
 
 SD = NoiseSchedule.stable_diffusion()
 SHAPE = (1, 4, 8, 8)
@@ -295,6 +304,199 @@ def test_rank_best_first():
         rank_best_first(torch.tensor([]))
 
 
+# ---------------------------------------------------------------- strategies: fk, best-of-k, plain, greedy
+
+
+class CountingScorer:
+    """Wraps a score_x0; records how many rows each call scored."""
+
+    def __init__(self, fn=brightness):
+        self.fn, self.rows, self.timesteps = fn, [], []
+
+    def __call__(self, x0, t):
+        assert t.shape == (x0.shape[0],)
+        self.rows.append(x0.shape[0])
+        self.timesteps.append(t.clone())
+        return self.fn(x0, t)
+
+
+STRATEGY_CASES = [
+    StrategyConfig(name="plain"),
+    StrategyConfig(name="best-of-k", k=3),
+    StrategyConfig(name="fk", k=3, window=(0.2, 0.8), every=2, potential="max", lam=2.0),
+    StrategyConfig(name="fk", k=2, steps=(3, 7, 9), potential="difference"),
+    StrategyConfig(name="fk", k=4, window=(0.0, 1.0), every=1, potential="sum", lam=0.5),
+    StrategyConfig(name="greedy", k=3, window=(0.2, 1.0), every=2),
+    StrategyConfig(name="greedy", k=2, window=(0.0, 1.0), every=1),
+]
+
+
+@pytest.mark.parametrize("config", STRATEGY_CASES, ids=lambda c: f"{c.name}-k{c.k}-{c.potential}-{c.every}")
+@pytest.mark.parametrize("sigmas", [karras_like(10), torch.linspace(8.0, 0.03, 11)], ids=["to-zero", "above-zero"])
+def test_strategy_cost_is_what_the_calls_count(config, sigmas):
+    """Wrap the denoiser and the scorer with counters: the rows they see, per sample, are the cost."""
+    B = 2
+    den, scorer = Counting(toy_denoise), CountingScorer()
+    res = sample(config, den, torch.randn(B, 4, 8, 8), sigmas, score_x0=scorer, noise=torch.Generator().manual_seed(0),
+                 generator=torch.Generator().manual_seed(1))
+    cost = strategy_cost(config, sigmas)
+    assert sum(den.rows) == B * cost.model_evals == B * res.model_evals
+    assert sum(scorer.rows) == B * cost.scorer_images == B * res.scorer_images
+    assert len(den.rows) == res.model_calls and len(scorer.rows) == res.scorer_calls
+    n, k = len(sigmas) - 1, config.k
+    if config.name in ("best-of-k", "fk"):
+        assert cost.model_evals == 1 + k * (n - 1)  # ≈ k× plain: the shared first step is computed once
+        judged = resampling_steps(config, sigmas) if config.name == "fk" else []
+        assert cost.scorer_images == k * (len(judged) + 1)
+        assert [r.step for r in res.branches] == judged + [n] and res.branches[-1].timestep == 0
+
+
+def test_resampling_steps_and_explicit_steps():
+    sig = karras_like(20)
+    assert resampling_steps(StrategyConfig(window=(0.4, 0.7), every=4), sig) == [8, 12]
+    assert resampling_steps(StrategyConfig(window=(0.0, 1.0), every=5), sig) == [5, 10, 15]  # never step 0
+    assert resampling_steps(StrategyConfig(steps=(0, 3, 19, 20, 25)), sig) == [3, 19]  # 20 is σ = 0
+    assert resampling_steps(StrategyConfig(window=(0.5, 0.5)), sig) == []
+
+
+def test_potentials_by_hand():
+    r1 = torch.tensor([[1.0], [3.0]], dtype=torch.float64)
+    r2 = torch.tensor([[2.0], [0.0]], dtype=torch.float64)
+    p, st = potential_update("difference", r1, None)
+    assert p.flatten().tolist() == [1.0, 3.0]
+    p, _ = potential_update("difference", r2, st)
+    assert p.flatten().tolist() == [1.0, -3.0]
+    p, st = potential_update("max", r1, None)
+    p, _ = potential_update("max", r2, st)
+    assert p.flatten().tolist() == [2.0, 3.0]
+    p, st = potential_update("sum", r1, None)
+    p, _ = potential_update("sum", r2, st)
+    assert p.flatten().tolist() == [3.0, 3.0]
+    with pytest.raises(ValueError, match="potential"):
+        potential_update("min", r1, None)
+
+
+def test_resampling_follows_exp_lambda_weights():
+    log_w = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 50.0]], dtype=torch.float64)  # k = 3, B = 2
+    g = torch.Generator().manual_seed(0)
+    anc = torch.cat([resample_ancestors(log_w, g) for _ in range(2000)], dim=0)  # [3·2000, 2]
+    freq = torch.bincount(anc[:, 0], minlength=3).double() / anc.shape[0]
+    assert torch.allclose(freq, torch.softmax(log_w[:, 0], 0), atol=0.02)
+    assert (anc[:, 1] == 2).all()  # a dominant particle takes every slot
+    assert (resample_ancestors(torch.zeros(4, 1), g) < 4).all()
+
+
+def test_fk_resampling_copies_particles_with_their_history_and_x0():
+    """λ huge: after each resampling every particle is a copy of the best one (per sample). With the sum
+    potential the copies share their history, so the second resampling follows the new scores alone;
+    the copied x̂0 is what the next DDIM step uses (a wrong copy would leave the particles apart)."""
+    B, k = 2, 3
+    cfg = StrategyConfig(name="fk", k=k, steps=(2, 5), potential="sum", lam=1e6)
+    seen = []
+
+    def scorer(x0, t):
+        seen.append(x0.clone())
+        return x0.mean(dim=(1, 2, 3))
+
+    res = sample(cfg, toy_denoise, torch.randn(B, 4, 8, 8), karras_like(8), score_x0=scorer,
+                 noise=torch.Generator().manual_seed(0), generator=torch.Generator().manual_seed(0))
+    for rec in res.branches[:-1]:
+        assert torch.equal(rec.chosen, rec.scores.argmax(dim=0).expand(k, B))  # ancestors [k, B]
+    # right after resampling at step 2 all particles of a sample were one point: the step-3 states differ
+    # only by one step's noise, so their x̂0 at step 5 are close but not equal
+    x5 = seen[1].reshape(k, B, -1)
+    assert not torch.equal(x5[0], x5[1])
+
+
+def test_best_of_k_keeps_the_top_particle_and_plain_is_one_trajectory():
+    B, k = 3, 4
+    x = torch.randn(B, 4, 8, 8)
+    res = sample(StrategyConfig(name="best-of-k", k=k), toy_denoise, x, karras_like(6), score_x0=brightness,
+                 noise=torch.Generator().manual_seed(2))
+    final = res.branches[-1]
+    assert torch.equal(final.chosen, final.scores.argmax(dim=0))
+    torch.testing.assert_close(brightness(res.x, None).double(), final.scores.max(dim=0).values)
+    assert best_per_sample(torch.tensor([[0.0, 5.0], [1.0, 2.0]])).tolist() == [1, 0]
+    # plain = the unbranched greedy run with the same noises
+    plain = sample(StrategyConfig(name="plain"), toy_denoise, x, karras_like(6), score_x0=brightness,
+                   noise=torch.Generator().manual_seed(3))
+    ref = spo_guided_sample(toy_denoise, x, karras_like(6), score_x0=brightness, k=2, window=(0.0, 0.0),
+                            noise=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(plain.x, ref)
+
+
+@pytest.mark.parametrize("name", ["fk", "best-of-k", "greedy"])
+def test_every_strategy_moves_the_sample_toward_the_judge(name):
+    """+brightness ends brighter than −brightness, on average over seeds (the judge is obeyed)."""
+    cfg = StrategyConfig(name=name, k=4, window=(0.2, 0.9), every=1, lam=20.0)
+    gaps = []
+    for seed in range(4):
+        def run(sign):
+            return sample(cfg, toy_denoise, torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(seed)),
+                          karras_like(8), score_x0=lambda x0, t: sign * x0.mean(dim=(1, 2, 3)),
+                          noise=torch.Generator().manual_seed(seed), generator=torch.Generator().manual_seed(seed)).x
+
+        gaps.append(float(run(+1).mean() - run(-1).mean()))
+    assert min(gaps) > 0.02
+
+
+def test_fk_is_deterministic_and_progress_counts_judged_steps():
+    cfg = StrategyConfig(name="fk", k=3, window=(0.2, 0.8), every=2)
+    calls = []
+
+    def run(seed):
+        return sample(cfg, toy_denoise, torch.ones(SHAPE), karras_like(10), score_x0=brightness,
+                      noise=torch.Generator().manual_seed(seed), generator=torch.Generator().manual_seed(seed),
+                      progress=lambda d, t: calls.append((d, t))).x
+
+    a = run(1)
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]  # steps 2, 4, 6 and the final pick
+    assert torch.equal(a, run(1)) and not torch.allclose(a, run(2))
+
+
+@pytest.mark.parametrize("changes,needle", [
+    (dict(name="beam"), "strategy must be one of"), (dict(k=1), "k must be at least 2"),
+    (dict(every=0), "judge every"), (dict(potential="min"), "potential"), (dict(lam=float("nan")), "lambda"),
+    (dict(window=(0.6, 0.4)), "window"), (dict(name="greedy", selection="worst"), "selection"),
+])
+def test_bad_strategy_settings_raise_one_line(changes, needle):
+    with pytest.raises(ValueError, match=needle):
+        strategy_cost(StrategyConfig().replace(**changes), karras_like(4))
+
+
+def test_score_batch_chunks_and_moves_to_the_scorer_dtype():
+    from trainer.scoring import score_batch
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1, dtype=torch.float64))
+            self.calls = []
+
+        def score(self, images, prompts, timesteps):
+            self.calls.append((images.shape[0], images.dtype, list(prompts), timesteps.tolist()))
+            return images.mean(dim=(1, 2, 3)) * self.w
+
+    r = Recorder()
+    imgs = torch.linspace(-2, 2, 5).reshape(5, 1, 1, 1).expand(5, 3, 2, 2)
+    s = score_batch(r, imgs, "a red circle", torch.tensor([0, 1, 2, 3, 4]), chunk=2)
+    assert [c[0] for c in r.calls] == [2, 2, 1] and r.calls[0][1] == torch.float64
+    assert r.calls[2][2:] == (["a red circle"], [4])
+    assert s.dtype == torch.float32 and s.tolist() == pytest.approx([-1.0, -1.0, 0.0, 1.0, 1.0])  # clamped
+    with pytest.raises(ValueError, match="2 images but 3 prompts"):
+        score_batch(r, imgs[:2], ["a", "b", "c"], 0)
+
+
+def test_strategy_module_imports_without_diffusers_peft_accelerate():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for m in ('diffusers', 'peft', 'accelerate'): sys.modules[m] = None\n"
+            "import trainer.spo.strategies, trainer.scoring\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # ---------------------------------------------------------------- trainer.models adapter and the benchmark
 
 
@@ -328,7 +530,7 @@ def test_model_denoiser_over_ddim_sigmas_is_diffusers_ddim_on_a_real_unet(tiny_p
     torch.testing.assert_close(got / (1 + sigmas[-1] ** 2).sqrt().float(), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_benchmark_runs_at_equal_budget_and_writes_json(tiny_pipeline, tmp_path):
+def test_benchmark_runs_every_strategy_at_equal_budget_and_writes_json_and_plot(tiny_pipeline, tmp_path):
     import json
 
     from spm_fixtures import randomize_adaln, tiny_clip, tokenizer_dir
@@ -341,14 +543,23 @@ def test_benchmark_runs_at_equal_budget_and_writes_json(tiny_pipeline, tmp_path)
     randomize_adaln(spm)
     spm.tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir(tmp_path)))
     save_pretrained(spm, tmp_path / "spm")
-    out = tmp_path / "bench.json"
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     rc = main(["--model", str(tiny_pipeline[0]), "--spm", str(tmp_path / "spm"), "--captions", "2", "--seeds", "2",
-               "--steps", "4", "--k", "2", "--batch", "4", "--out", str(out)])
+               "--steps", "5", "--ks", "2", "--fk-ks", "2", "--fk-window", "0.2", "1.0", "--fk-every", "2", "--greedy-k", "2",
+               "--greedy-every", "2", "--ablate", "--noise", "0.5", "--batch", "4", "--out", str(out), "--plot", str(png)])
     assert rc == 0
-    rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
-    # 4 DDIM steps (the last into ᾱ_0, σ > 0, so it branches too), window [0.2, 1): steps 1, 2, 3 branch;
-    # the last step's candidate x̂0s are computed for scoring and reused by no later step: + 1
-    assert rows["plain"]["model_evals_per_image"] == 4 and rows["plain"]["spm_images_per_image"] == 0
-    assert rows["spo"]["model_evals_per_image"] == 4 + 1 * 3 + 1 and rows["spo"]["spm_images_per_image"] == 2 * 3
-    assert rows["best_of_2"]["model_evals_per_image"] == 8 and rows["best_of_2"]["spm_images_per_image"] == 2
+    rows = {(r["method"], r["judge"]): r for r in json.loads(out.read_text())["results"]}
+    # 5 DDIM steps (the last into ᾱ_0, σ > 0): plain 5 evaluations; fk / best-of-2: 1 + 2·4 = 9
+    assert rows[("plain", "none")]["model_evals_per_image"] == 5
+    assert rows[("best-of-2", "spm")]["model_evals_per_image"] == 9 and rows[("best-of-2", "spm")]["scorer_images_per_image"] == 2
+    fk = rows[("fk-difference-k2", "spm")]
+    assert fk["settings"]["judged_steps"] == [1, 3] and fk["model_evals_per_image"] == 9
+    assert fk["scorer_images_per_image"] == 2 * (2 + 1)
+    assert fk["vs_best_of_k_evals"]["baseline"] == "best-of-2" and 0 <= fk["judge_pairwise_accuracy"] <= 1
+    # greedy k = 2 every 2 in [0.2, 1): steps 1, 3, and the last step (4) branches: + 1 evaluation
+    greedy = rows[("greedy-k2-every2", "oracle")]
+    assert greedy["settings"]["judged_steps"] == [1, 3] and greedy["model_evals_per_image"] == 5 + 2
+    assert ("fk-difference-k4", "oracle+noise0.5") in rows and fk["vs_plain"]["baseline"] == "plain (particle 0)"
+    assert len(fk["aesthetic_per_image"]) == 4
     assert all(r["images"] == 4 and 0 <= r["alignment_mean"] <= 1 for r in rows.values())
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -25,7 +25,7 @@ def test_extension_loads_registers_script_tab_and_option(tmp_path, how):
     assert errors.reported == []
     want = {"repo": H.REPO, "link": H.REPO, "copy": tmp_path / "extensions" / "spo-copy"}[how]
     assert Path(module.__file__).resolve().is_relative_to(want.resolve())  # the installed copy runs
-    assert spo.alwayson and spo.args_to - spo.args_from == 8
+    assert spo.alwayson and spo.args_to - spo.args_from == 11
     tabs = script_callbacks.ui_tabs_callback()
     assert [(title, elem) for _, title, elem in tabs] == [("SPO Scorer", "spo_scorer")]
     parser = argparse.ArgumentParser()
@@ -61,11 +61,17 @@ def test_spo_models_dir_option_is_used(tmp_path):
 def test_accordion_controls_and_api_args(tmp_path):
     runner, spo, _ = H.setup_webui(tmp_path)
     controls = runner.inputs[spo.args_from:spo.args_to]
-    assert [c.value for c in controls] == [False, "per-step", "red_sd15.pt", 4, 0.2, 1.0, "best", 1.0]
+    assert [c.value for c in controls] == [False, "best-of-k", "red_sd15.pt", 4, 0.2, 1.0, "best", 1.0, 4, "difference", 16.0]
     assert controls[2].choices == ["red_sd15.pt", "red_sdxl.pt"]
+    assert controls[1].choices == ["per-step", "best-of-k", "fk"]
     # API callers may send fewer args: the rest keep the UI defaults
     args = runner.api_args({"spo": {"args": [True, "best-of-k", "red_sdxl.pt", 3]}})
-    assert args[spo.args_from:spo.args_to] == [True, "best-of-k", "red_sdxl.pt", 3, 0.2, 1.0, "best", 1.0]
+    assert args[spo.args_from:spo.args_to] == [True, "best-of-k", "red_sdxl.pt", 3, 0.2, 1.0, "best", 1.0, 4, "difference", 16.0]
+    # picking a guided mode moves the judged-step sliders to what the bench measured for it
+    fn, inputs, outputs = controls[1].events[0]
+    assert outputs == [controls[4], controls[5], controls[8]]
+    assert [u["value"] for u in fn("fk")] == [0.4, 0.7, 4]
+    assert [u["value"] for u in fn("per-step")] == [0.2, 1.0, 4]
 
 
 # ------------------------------------------------------------------ per-step SPO
@@ -145,6 +151,37 @@ def test_other_samplers_run_spo(tmp_path, sampler):
     assert "SPO score: " in res.infotexts[0] and f"Sampler: {sampler}" in res.infotexts[0]
 
 
+def test_fk_mode_costs_what_the_strategy_says_steers_and_reports_judged_steps(tmp_path, monkeypatch):
+    from trainer.spo.strategies import StrategyConfig, resampling_steps, strategy_cost
+
+    runner, spo, module = H.setup_webui(tmp_path)
+    seen = []
+    monkeypatch.setattr(module, "_show_progress", lambda mode, d, t: seen.append((mode, d, t)))
+    _, plain = H.run_txt2img(runner)
+    steps, k = 10, 3
+    p, res = H.run_txt2img(runner, H.spo_args(runner, mode="fk", k=k, window_start=0.2, window_end=0.8, judge_every=2,
+                                              potential="sum", lam=8.0), steps=steps)
+    assert errors.reported == [] and res.comments == ""
+    sig = shared.sd_model.model_wrap.get_sigmas(steps)
+    config = StrategyConfig(name="fk", k=k, window=(0.2, 0.8), every=2, potential="sum", lam=8.0)
+    judged = resampling_steps(config, sig)
+    assert judged == [2, 4, 6]
+    # the CFG denoiser holds B = 2 conditionings: k·B particle rows go through in k calls per step
+    cfg = p.sampler.model_wrap_cfg
+    assert len(cfg.steps_seen) == 1 + k * (steps - 1) == strategy_cost(config, sig).model_evals
+    spm = module.SPM_CACHE.get(str(tmp_path / "models/spo/red_sd15.pt")).model
+    judge_calls = [c for c in spm.calls if c[0] == 2 * k]
+    assert len(judge_calls) == len(judged) + 1  # each resampling step and the final pick, one batch each
+    assert judge_calls[-1][2] == [0] * (2 * k)
+    assert seen == [("fk", d, 4) for d in range(1, 5)] * 1
+    for a, b, text in zip(res.images, plain.images, res.infotexts):
+        assert H.red_score(a) > H.red_score(b) + 0.5  # the SPM (red is better) steered every image
+        params = infotext_utils.parse_generation_parameters(text)
+        assert params["SPO"] == "fk" and params["SPO k"] == "3" and params["SPO window"] == "0.2-0.8"
+        assert params["SPO judge every"] == "2" and params["SPO potential"] == "sum" and params["SPO lambda"] == "8"
+        assert "SPO selection" not in params
+
+
 # ------------------------------------------------------------------ best-of-k
 
 
@@ -174,10 +211,12 @@ def test_paste_restores_spo_settings_and_turns_spo_off_without_them(tmp_path):
     _, res = H.run_txt2img(runner, H.spo_args(runner, k=5, window_start=0.25, window_end=0.75, selection="softmax",
                                               temperature=2.0), batch_size=1)
     fields = spo.infotext_fields
-    assert set(spo.paste_field_names) == {"SPO", "SPO SPM", "SPO k", "SPO selection", "SPO temperature"}
-    assert infotext_utils.paste(fields, res.infotexts[0]) == [True, "per-step", "red_sd15.pt", 5.0, 0.25, 0.75, "softmax", 2.0]
+    assert set(spo.paste_field_names) == {"SPO", "SPO SPM", "SPO k", "SPO selection", "SPO temperature", "SPO potential",
+                                          "SPO lambda"}
+    assert infotext_utils.paste(fields, res.infotexts[0]) == [True, "per-step", "red_sd15.pt", 5.0, 0.25, 0.75, "softmax", 2.0,
+                                                               1, "difference", 16.0]
     _, plain = H.run_txt2img(runner, batch_size=1)
-    assert infotext_utils.paste(fields, plain.infotexts[0]) == [False] + [None] * 7
+    assert infotext_utils.paste(fields, plain.infotexts[0]) == [False] + [None] * 10
 
 
 # ------------------------------------------------------------------ bad input

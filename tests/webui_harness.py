@@ -18,7 +18,8 @@ from modules import errors, paths, processing, scripts, shared  # noqa: E402
 from toy_model import ToySDModel  # noqa: E402
 
 PACKAGE = "spo_studio_webui"  # the name the entry script loads webui_extension/ under
-SPO_ARGS = ["enabled", "mode", "spm", "k", "window_start", "window_end", "selection", "temperature"]
+SPO_ARGS = ["enabled", "mode", "spm", "k", "window_start", "window_end", "selection", "temperature", "judge_every",
+            "potential", "lam"]
 
 
 class RedSPM:
@@ -103,7 +104,7 @@ def setup_webui(tmp: Path, how: str = "repo", sdxl: bool = False, spm_files=("re
 
 def spo_args(runner, **spo) -> list:
     """The job's script_args with the SPO accordion set to `spo` (through the API path)."""
-    d = dict(zip(SPO_ARGS, [True, "per-step", "red_sd15.pt", 4, 0.0, 1.0, "best", 1.0]))
+    d = dict(zip(SPO_ARGS, [True, "per-step", "red_sd15.pt", 4, 0.0, 1.0, "best", 1.0, 1, "max", 4.0]))
     d.update(spo)
     return runner.api_args({"SPO": {"args": [d[k] for k in SPO_ARGS]}})
 

@@ -1,6 +1,6 @@
-"""A1111 glue for SPO-guided sampling: a k-diffusion-style sampler function that runs the
-shared core `spo_studio.spo.guided_sampler.spo_guided_sample` with the WebUI's model, noise,
-VAE and SPM.
+"""A1111 glue for SPM-guided sampling: a k-diffusion-style sampler function that runs the
+shared strategies of `spo_studio.spo.strategies` (per-step = greedy, fk) with the WebUI's model,
+noise, VAE and SPM.
 
 A1111 calls a k-diffusion sampler as
     func(model, x, extra_args=..., disable=..., callback=..., sigmas=sigmas)
@@ -15,7 +15,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from spo_studio.spo.guided_sampler import sigma_to_timestep, spo_guided_sample_traced
+from spo_studio.scoring import score_batch
+from spo_studio.spo.guided_sampler import sigma_to_timestep
+from spo_studio.spo.strategies import sample
 
 from .settings import SPOSettings
 
@@ -27,18 +29,16 @@ Decoder = Callable[[torch.Tensor], torch.Tensor]
 class SamplingReport:
     """What happened in one SPO-guided run (read by the script for messages and infotext)."""
 
-    branched_steps: int = 0
+    branched_steps: int = 0  # judged steps (per-step: branched; fk: resampling steps and the final pick)
     error: str | None = None
     model_evals: int = 0
+    scorer_images: int = 0
 
 
 def score_images(spm, images: torch.Tensor, prompts: Sequence[str], timesteps: torch.Tensor) -> torch.Tensor:
-    """spm.score on images in [-1, 1], moved to the SPM's device; returns Tensor[N] float32 on the CPU."""
-    device = _device_of(spm, images.device)
-    with torch.no_grad():
-        images = images.to(device=device, dtype=torch.float32).clamp(-1, 1)
-        s = spm.score(images, list(prompts), timesteps.to(device).long())
-    return s.detach().float().cpu().reshape(-1)
+    """spm.score on images in [-1, 1] (spo_studio.scoring.score_batch, the hosts' one scoring path):
+    moved to the SPM's device, in one batch; returns Tensor[N] float32 on the CPU."""
+    return score_batch(spm, images.float(), list(prompts), timesteps, chunk=max(1, images.shape[0]))
 
 
 def preflight(spm, prompts: Sequence[str]) -> None:
@@ -56,7 +56,8 @@ class SPOSamplerFunction:
     spm: loaded SPM; prompts: the batch's B prompts, in batch order.
     decode: latents -> images in [-1, 1] (A1111's full VAE decode).
     noise: () -> Tensor[B,C,h,w] standard normal, from A1111's per-image seeded generators, or None.
-    choice_generator: draws of the softmax selection.
+    choice_generator: draws of the softmax selection and fk's resampling.
+    progress: (done, total) after each judged step (the script shows it in the progress text).
     report: filled in while sampling.
     """
 
@@ -66,6 +67,7 @@ class SPOSamplerFunction:
     decode: Decoder
     noise: Callable[[], torch.Tensor] | None = None
     choice_generator: torch.Generator | None = None
+    progress: Callable[[int, int], None] | None = None
     report: SamplingReport = field(default_factory=SamplingReport)
 
     def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None, **_sampler_options):
@@ -99,22 +101,21 @@ class SPOSamplerFunction:
         if self.noise is not None:
             noise = lambda sigma, sigma_next: self.noise().to(device=x.device, dtype=x.dtype)  # noqa: E731
 
-        result = spo_guided_sample_traced(
+        result = sample(
+            self.settings.strategy(),
             denoise,
             x,
             sigmas.to(x.device),
             score_x0=score_x0,
-            k=k,
-            window=self.settings.window,
-            selection=self.settings.selection,
-            temperature=self.settings.temperature,
             noise=noise,
-            choice_generator=self.choice_generator,
+            generator=self.choice_generator,
             callback=callback,
             sigma_to_t=_sigma_to_t_of(model),
+            progress=self.progress,
         )
         self.report.branched_steps += len(result.branches)
         self.report.model_evals += result.model_evals
+        self.report.scorer_images += result.scorer_images
         return result.x
 
 
@@ -130,14 +131,3 @@ def _sigma_to_t_of(model) -> Callable[[torch.Tensor], torch.Tensor]:
         return torch.where(sig > 0, t, torch.zeros_like(t))
 
     return to_t
-
-
-def _device_of(spm, default: torch.device) -> torch.device:
-    dev = getattr(spm, "device", None)
-    if isinstance(dev, torch.device):
-        return dev
-    params = getattr(spm, "parameters", None)
-    if callable(params):
-        for p in params():
-            return p.device
-    return default

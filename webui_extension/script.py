@@ -5,8 +5,9 @@ is `trainer.spm`. What happens, by A1111 hook:
 
 - process: read the accordion (or the API args), load the SPM, check it fits the
   checkpoint; best-of-k: k copies of every image (seeds s, s+N, s+2N, ...).
-- process_before_every_sampling: per-step mode swaps the sampler's k-diffusion function
-  for SPO-guided sampling on the same sigmas (not on the hires-fix pass).
+- process_before_every_sampling: per-step and fk modes swap the sampler's k-diffusion
+  function for SPM-guided sampling (spo_studio.spo.strategies) on the same sigmas (not on the
+  hires-fix pass).
 - postprocess_batch_list: score every image at t = 0; best-of-k keeps the best of each k.
 - infotext: the settings and each image's SPM score, read back by "send to txt2img".
 
@@ -28,15 +29,20 @@ from spo_studio.families import FAMILIES
 from . import guided, scorer_tab
 from .prompt_text import plain_prompt
 from .settings import (
+    KEY_EVERY,
     KEY_K,
+    KEY_LAMBDA,
     KEY_MODE,
+    KEY_POTENTIAL,
     KEY_SCORE,
     KEY_SELECTION,
     KEY_SKIPPED,
     KEY_SPM,
     KEY_TEMPERATURE,
     KEY_WINDOW,
+    MODE_WINDOWS,
     MODES,
+    POTENTIALS,
     SELECTIONS,
     K_MAX,
     SPOSettings,
@@ -45,7 +51,9 @@ from .spm_files import SPMCache, SPMUnavailable, check_family, default_spm_dir, 
 
 log = logging.getLogger("spo_studio")
 
-INFOTEXT_KEYS = (KEY_MODE, KEY_SPM, KEY_K, KEY_WINDOW, KEY_SELECTION, KEY_TEMPERATURE, KEY_SCORE, KEY_SKIPPED)
+INFOTEXT_KEYS = (KEY_MODE, KEY_SPM, KEY_K, KEY_WINDOW, KEY_EVERY, KEY_SELECTION, KEY_TEMPERATURE, KEY_POTENTIAL,
+                 KEY_LAMBDA, KEY_SCORE, KEY_SKIPPED)
+GUIDED_MODES = ("per-step", "fk")  # modes that replace the sampler function
 SPM_CACHE = SPMCache()  # device and dtype are set on first use: A1111 knows them only after start-up
 
 
@@ -144,14 +152,17 @@ class SPOScript(scripts.Script):
         with InputAccordion(False, label="SPO: step-aware preference", elem_id=eid("enabled")) as enabled:
             with gr.Row():
                 mode = gr.Radio(list(MODES), value=d.mode, label="Mode", elem_id=eid("mode"),
-                                info="per-step: k candidates at each step, the SPM keeps one; "
-                                     "best-of-k: k images per prompt, the best is kept")
+                                info="per-step: k candidates at each judged step, the SPM keeps one "
+                                     "(≈ 1 + (k−1)·judged share × the model evaluations of plain sampling); "
+                                     "best-of-k: k images per prompt, the best is kept (≈ k×); "
+                                     "fk: k particles resampled by the SPM at the judged steps, the best kept (≈ k×)")
                 spm = gr.Dropdown(choices, value=choices[0] if choices else None, allow_custom_value=True,
                                   label="Step-aware preference model (models/spo)", elem_id=eid("spm"))
                 refresh = ToolButton(value="\U0001f504", elem_id=eid("refresh"))
                 refresh.click(fn=lambda: gr.update(choices=list_spm_files(spm_dir())), inputs=[], outputs=[spm])
             with gr.Row():
-                k = gr.Slider(2, K_MAX, value=d.k, step=1, label="k (candidates per step / images per prompt)",
+                k = gr.Slider(2, K_MAX, value=d.k, step=1,
+                              label="k (candidates per step / images per prompt / particles): ≈ k× the cost",
                               elem_id=eid("k"))
             with gr.Row():
                 window_start = gr.Slider(0.0, 1.0, value=d.window_start, step=0.05,
@@ -162,9 +173,23 @@ class SPOScript(scripts.Script):
                 selection = gr.Radio(list(SELECTIONS), value=d.selection, label="Selection", elem_id=eid("selection"))
                 temperature = gr.Slider(0.01, 10.0, value=d.temperature, step=0.01, label="Softmax temperature",
                                         elem_id=eid("temperature"))
+            with gr.Row():
+                judge_every = gr.Slider(1, 20, value=d.judge_every, step=1,
+                                        label="Judge every N steps (per-step, fk): fewer judged steps, fewer decodes",
+                                        elem_id=eid("judge_every"))
+                potential = gr.Radio(list(POTENTIALS), value=d.potential, label="fk potential",
+                                     elem_id=eid("potential"))
+                lam = gr.Slider(0.0, 50.0, value=d.lam, step=0.5, label="fk lambda (resampling sharpness)",
+                                elem_id=eid("lam"))
+            # each guided mode starts from the judged steps the bench measured for it
+            mode.change(fn=lambda m: [gr.update(value=v) for v in MODE_WINDOWS.get(m, MODE_WINDOWS["per-step"])],
+                        inputs=[mode], outputs=[window_start, window_end, judge_every])
 
         def window(i):
             return lambda params: SPOSettings.from_infotext(params).window[i] if KEY_MODE in params else None
+
+        def restored(name):  # fields older images lack get the value those images were made with
+            return lambda params: getattr(SPOSettings.from_infotext(params), name) if KEY_MODE in params else None
 
         # String keys also travel with "Send to img2img" (A1111 matches paste_field_names by key);
         # callables decide what a missing key means (no "SPO" in the infotext: switch SPO off).
@@ -177,9 +202,12 @@ class SPOScript(scripts.Script):
             (window_end, window(1)),
             (selection, KEY_SELECTION),
             (temperature, KEY_TEMPERATURE),
+            (judge_every, restored("judge_every")),
+            (potential, restored("potential")),
+            (lam, restored("lam")),
         ]
-        self.paste_field_names = [KEY_MODE, KEY_SPM, KEY_K, KEY_SELECTION, KEY_TEMPERATURE]
-        return [enabled, mode, spm, k, window_start, window_end, selection, temperature]
+        self.paste_field_names = [KEY_MODE, KEY_SPM, KEY_K, KEY_SELECTION, KEY_TEMPERATURE, KEY_POTENTIAL, KEY_LAMBDA]
+        return [enabled, mode, spm, k, window_start, window_end, selection, temperature, judge_every, potential, lam]
 
     # ------------------------------------------------------------------ hooks
 
@@ -206,7 +234,7 @@ class SPOScript(scripts.Script):
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         state = getattr(p, "spo", None)
-        if state is None or not state.active or state.settings.mode != "per-step" or getattr(p, "is_hr_pass", False):
+        if state is None or not state.active or state.settings.mode not in GUIDED_MODES or getattr(p, "is_hr_pass", False):
             return
         try:
             guided.preflight(state.spm, _spm_prompts(p))
@@ -223,6 +251,7 @@ class SPOScript(scripts.Script):
             decode=lambda x0: sd_samplers_common.samples_to_images_tensor(x0, 0, p.sd_model).float(),
             noise=p.rng.next,
             choice_generator=torch.Generator().manual_seed(int(p.seeds[0])),
+            progress=lambda done, total: _show_progress(state.settings.mode, done, total),
         )
         _install_sampler_function(p, fn)
         state.sampler_fn = fn
@@ -232,7 +261,7 @@ class SPOScript(scripts.Script):
         if state is None or not state.active or not pp.images:
             return
         fn, state.sampler_fn = state.sampler_fn, None
-        if state.settings.mode == "per-step":
+        if state.settings.mode in GUIDED_MODES:
             if fn is None:
                 return  # this batch ran without SPO (message already shown)
             if fn.report.error is not None:
@@ -250,7 +279,7 @@ class SPOScript(scripts.Script):
             state.skip(p, error, _image_keys(p))
             return
         for i in range(len(pp.images)):
-            score = scores[i] if state.settings.mode == "per-step" else state.kept_scores[i]
+            score = scores[i] if state.settings.mode in GUIDED_MODES else state.kept_scores[i]
             fields = dict(state.settings.infotext())
             fields[KEY_SCORE] = f"{float(score):.4f}"
             state.fields[(int(p.seeds[i]), p.prompts[i])] = fields
@@ -269,6 +298,11 @@ class SPOScript(scripts.Script):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _show_progress(mode: str, done: int, total: int) -> None:
+    """The judged steps in the WebUI's progress text (the step bar counts sampling steps)."""
+    shared.state.textinfo = f"SPO {mode}: judged step {done}/{total}"
 
 
 def _spm_prompts(p) -> list[str]:
@@ -339,13 +373,14 @@ def _expand_for_best_of_k(p, k: int, state: RunState) -> bool:
 
 def _keep_best_of_k(p, pp, scores, state: RunState) -> None:
     """Keep the best image of each group of k in this batch (the first when there are no scores)."""
+    from spo_studio.spo.strategies import best_per_sample
+
     k = state.settings.k
-    keep, kept_scores = [], []
-    for g in range(len(pp.images) // k):
-        rows = list(range(g * k, (g + 1) * k))
-        best = rows[0] if scores is None else max(rows, key=lambda r: float(scores[r]))
-        keep.append(best)
-        kept_scores.append(None if scores is None else float(scores[best]))
+    groups = len(pp.images) // k
+    # groups of k are contiguous here; best_per_sample wants trajectory-major [k, groups]
+    best = [0] * groups if scores is None else best_per_sample(scores[: groups * k].reshape(groups, k).T).tolist()
+    keep = [g * k + int(b) for g, b in enumerate(best)]
+    kept_scores = [None if scores is None else float(scores[i]) for i in keep]
     pp.images = [pp.images[i] for i in keep]
     for name in ("prompts", "negative_prompts", "seeds", "subseeds"):
         values = [getattr(p, name)[i] for i in keep]

@@ -29,6 +29,7 @@ into the schedule's smallest non-zero σ (its candidates are scored at t = 0).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -102,17 +103,24 @@ def _sd_schedule() -> NoiseSchedule:
 # ---------------------------------------------------------------- window and selection
 
 
-def branched_steps(sigmas: torch.Tensor, window: tuple[float, float]) -> list[bool]:
-    """Which steps branch: step i (σ_i → σ_{i+1}) when start ≤ i/n < end and σ_{i+1} > 0.
+def branched_steps(sigmas: torch.Tensor, window: tuple[float, float], every: int = 1) -> list[bool]:
+    """Which steps branch: step i (σ_i → σ_{i+1}) when start ≤ i/n < end, σ_{i+1} > 0 and i is
+    a multiple of `every` counted from the window's first step.
 
     sigmas: Tensor[n+1], descending, as hosts pass them. window: fractions of the n steps,
-    0 ≤ start ≤ end ≤ 1; (0.2, 1.0) on 20 steps branches steps 4..18 (SPO's κ = 750).
+    0 ≤ start ≤ end ≤ 1; (0.2, 1.0) on 20 steps branches steps 4..18 (SPO's κ = 750);
+    every = 2 branches 4, 6, ..., 18 (half the judged steps, half the extra cost).
     """
     start, end = window
     if not 0.0 <= start <= end <= 1.0:
         raise ValueError(f"window must satisfy 0 <= start <= end <= 1, got {window}")
+    if int(every) < 1:
+        raise ValueError(f"every must be >= 1 step, got {every}")
     n = len(sigmas) - 1
-    return [start * n <= i < end * n and float(sigmas[i + 1]) > 0 for i in range(n)]
+    first = math.ceil(start * n - 1e-9)
+    return [
+        start * n <= i < end * n and (i - first) % int(every) == 0 and float(sigmas[i + 1]) > 0 for i in range(n)
+    ]
 
 
 def choose_candidates(
@@ -177,14 +185,16 @@ class GuidedSample:
     x: Tensor[B, C, H, W], the final sample (σ = sigmas[-1]).
     model_calls: number of `denoise` invocations.
     model_evals: per-sample model evaluations, Σ over calls of (rows in the call) / B.
-    scorer_calls: number of `score_x0` invocations (one per branched step).
-    branches: one record per branched step.
+    scorer_calls: number of `score_x0` invocations (one per judged step).
+    scorer_images: per-sample images scored, Σ over calls of (rows in the call) / B.
+    branches: one record per judged step.
     """
 
     x: torch.Tensor
     model_calls: int = 0
     model_evals: int = 0
     scorer_calls: int = 0
+    scorer_images: int = 0
     branches: list[BranchRecord] = field(default_factory=list)
 
 
@@ -203,6 +213,7 @@ def spo_guided_sample_traced(
     score_x0: X0Scorer,
     k: int = 4,
     window: tuple[float, float] = (0.0, 1.0),
+    every: int = 1,
     selection: str = "best",
     temperature: float = 1.0,
     noise: NoiseSampler | torch.Generator | None = None,
@@ -210,6 +221,7 @@ def spo_guided_sample_traced(
     callback: Callable[[dict], None] | None = None,
     sigma_to_t: Callable[[torch.Tensor], torch.Tensor] = sigma_to_timestep,
     eta: float = 1.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> GuidedSample:
     """SPO-guided stochastic DDIM from x at sigmas[0] to sigmas[-1]; see the module docstring.
     Deterministic given the noise sampler (or generator) and `choice_generator`.
@@ -221,12 +233,13 @@ def spo_guided_sample_traced(
     sigmas: Tensor[n+1], descending, usually ending at 0.
     score_x0(x̂0 [k·B,C,H,W], timesteps [k·B] long) -> Tensor[k·B], higher is better; the host
         decodes x̂0 with its VAE and scores at the candidate's timestep (0 when clean).
-    k ≥ 2 candidates; window: fractions of the schedule (see `branched_steps`).
+    k ≥ 2 candidates; window, every: which steps branch (see `branched_steps`).
     selection: "best" | "softmax" (with temperature; draws from `choice_generator`).
     noise: a `noise(σ, σ_next) -> Tensor[B,C,H,W]` sampler (ComfyUI's), a torch.Generator,
         or None for `torch.randn_like` (A1111 reroutes that to its seeded generator).
     callback: called once per step with k-diffusion's dict {x, i, sigma, sigma_hat, denoised}.
     sigma_to_t(σ [N]) -> Tensor[N] long: the host's σ → timestep map (default: SD's schedule).
+    progress(done, total): called after each judged (branched) step.
     """
     if int(k) < 2:
         raise ValueError(f"k must be >= 2 candidates per branched step, got {k}")
@@ -234,7 +247,8 @@ def spo_guided_sample_traced(
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     k, B = int(k), x.shape[0]
     draw = _noise_source(noise, x)
-    branch = branched_steps(sigmas, window)
+    branch = branched_steps(sigmas, window, every)
+    total_judged = sum(branch)
     out = GuidedSample(x=x)
     s_in = x.new_ones([B])
     x0 = None  # the reused model output for the current x, when the last step branched
@@ -259,12 +273,15 @@ def spo_guided_sample_traced(
         t_c = sigma_to_t(sig_c).long()
         scores = score_x0(cand_x0, t_c).reshape(k, B)
         out.scorer_calls += 1
+        out.scorer_images += k
         chosen = choose_candidates(scores, selection, temperature, choice_generator)
         rows = chosen.to(x.device) * B + torch.arange(B, device=x.device)
         x, x0 = cands[rows], cand_x0[rows]
         out.branches.append(
             BranchRecord(i, float(sigma), float(sigma_next), int(t_c[0]), scores.detach().cpu(), chosen.cpu())
         )
+        if progress is not None:
+            progress(len(out.branches), total_judged)
     out.x = x
     return out
 
