@@ -5,6 +5,12 @@ reached relatively: no sys.path entry, no top-level `comfy_nodes` or `trainer` m
 that changes what another pack imports. The library is registered as `spo_studio`
 (comfy_nodes/_library.py), whatever else is called `trainer` in this Python.
 """
-from .comfy_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+if __package__:
+    from .comfy_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+else:
+    # Imported as a lone module, not as ComfyUI's node pack: pytest does so with this file when the
+    # checkout's folder name is no identifier (a clone named spo-studio). There is no package to
+    # reach the nodes from, and nothing to register.
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

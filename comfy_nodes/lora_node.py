@@ -3,6 +3,7 @@ ComfyUI's own key mapping and patching (comfy.lora), with a one-line report of w
 from __future__ import annotations
 
 import logging
+import math
 
 from .errors import NodeInputError, library_imports, one_line
 from .host import filename_list, full_path, show_text_on_node
@@ -108,6 +109,9 @@ class SPOLoraLoader:
             from spo_studio.families import display, host_family
             from spo_studio.lora import read_lora, to_kohya_state_dict
 
+        for name, value in (("strength_model", strength_model), ("strength_clip", strength_clip)):
+            if not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+                raise NodeInputError(f"{NODE}: {name} must be a finite number, got {value}")
         path = full_path("loras", lora_name, NODE)
         try:
             state = read_lora(path)
@@ -126,7 +130,10 @@ class SPOLoraLoader:
         if strength_model == 0 and strength_clip == 0:
             line = f"{lora_name}: both strengths are 0, nothing applied"
             return {"ui": {"text": [line]}, "result": (model, clip, line)}
-        new_model, new_clip, applied, not_applied = apply_lora(model, clip, kohya, strength_model, strength_clip)
+        try:
+            new_model, new_clip, applied, not_applied = apply_lora(model, clip, kohya, strength_model, strength_clip)
+        except (ValueError, RuntimeError) as e:
+            raise one_line(f"{NODE} ({lora_name})", e) from None
         line = report_line(lora_name, state.layout, state.family, applied, not_applied)
         if not applied:
             raise NodeInputError(f"{NODE}: no module of {lora_name} matches this model ({line})")

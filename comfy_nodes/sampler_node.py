@@ -4,11 +4,12 @@ there; this file only wires ComfyUI's model, noise, VAE and progress callback to
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
 from .convert import comfy_image_to_ours
-from .errors import NodeInputError, library_imports, one_line
+from .errors import NodeInputError, check_spm, library_imports, one_line
 from .spm_nodes import CATEGORY, score_images
 
 log = logging.getLogger("spo-studio")
@@ -55,7 +56,7 @@ class SPOSamplerFunction:
         try:
             if not (self.spm.family in FAMILIES and host_family(self.spm.family) == family):
                 check_family(self.spm, family)
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:
             raise one_line(NODE, e) from None
         seed = extra_args.get("seed")
         # softmax draws and fk resampling get their own stream: choosing never shifts the noise sequence
@@ -88,7 +89,7 @@ class SPOSamplerFunction:
                 noise=default_noise_sampler(x, seed=seed), generator=choice,
                 callback=callback, sigma_to_t=sigma_to_t, progress=progress,
             )
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:
             raise one_line(NODE, e) from None
         self.last_trace = trace
         log.info(
@@ -199,6 +200,8 @@ class SPOSampler:
             raise NodeInputError(f"{NODE}: need 0 <= window_start <= window_end <= 1, got {window_start}..{window_end}")
         if selection not in ("best", "softmax"):
             raise NodeInputError(f"{NODE}: selection must be best or softmax, got {selection!r}")
+        if selection == "softmax" and not (math.isfinite(float(temperature)) and float(temperature) > 0):
+            raise NodeInputError(f"{NODE}: temperature must be a number > 0, got {temperature}")
         config = d.replace(
             name=d.name if strategy is None else str(strategy), k=int(k),
             window=(float(window_start), float(window_end)),
@@ -210,4 +213,5 @@ class SPOSampler:
         problem = config.problem()
         if problem is not None:
             raise NodeInputError(f"{NODE}: {problem}")
+        check_spm(NODE, spm)  # after the settings: API callers learn about both, widgets first
         return (comfy.samplers.KSAMPLER(SPOSamplerFunction(spm, vae, prompt, config)),)

@@ -6,7 +6,7 @@ import os
 import torch
 
 from .convert import comfy_image_to_ours, select_rows
-from .errors import NodeInputError, library_imports, one_line
+from .errors import NodeInputError, check_spm, library_imports, one_line
 from .host import SPM_FOLDER, filename_list, full_path, show_text_on_node, torch_device
 
 CATEGORY = "spo-studio"
@@ -134,11 +134,17 @@ class StepAwareScore:
         with library_imports("StepAwareScore"):
             from spo_studio.spo.guided_sampler import rank_best_first
 
-        if not prompt.strip():
+        if not isinstance(prompt, str) or not prompt.strip():
             raise NodeInputError("StepAwareScore: the prompt is empty; type the text the images should match")
+        check_spm("StepAwareScore", spm)
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise NodeInputError(f"StepAwareScore: expected an IMAGE batch [B, H, W, 3] with B >= 1, got {shape}")
+        if not 0 <= int(timestep) <= 999:
+            raise NodeInputError(f"StepAwareScore: timestep must be 0..999, got {timestep}")
         try:
             scores = score_images(spm, comfy_image_to_ours(images), prompt, timestep)
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:
             raise one_line("StepAwareScore", e) from None
         ranking = rank_best_first(scores)
         sorted_images = select_rows(images, ranking.order)

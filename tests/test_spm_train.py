@@ -205,11 +205,10 @@ def test_clean_training_without_noise(world, tmp_path):
 
 
 def test_cli_flags_override_the_preset():
-    from trainer.spm.cli import build_parser, config_from_args
+    from trainer.spm.cli import parse_train
 
-    args = build_parser().parse_args(["train", "--preset", "sdxl", "--lr", "2e-6", "--resume", "--noise", "false",
-                                      "--eval-timesteps", "0,500", "--data", "d", "--init", "i"])
-    cfg = config_from_args(args)
+    cfg = parse_train(["--preset", "sdxl", "--lr", "2e-6", "--resume", "--noise", "false",
+                       "--eval-timesteps", "0,500", "--data", "d", "--init", "i"])
     assert (cfg.lr, cfg.resume, cfg.noise, cfg.eval_timesteps) == (2e-6, True, False, (0, 500))
     assert (cfg.max_steps, cfg.family, cfg.weight_decay) == (7000, "sdxl", 0.3)  # untouched preset values
-    assert config_from_args(build_parser().parse_args(["train"])).lr == 3e-6
+    assert parse_train([]).lr == 3e-6

@@ -47,7 +47,7 @@ from .settings import (
     K_MAX,
     SPOSettings,
 )
-from .spm_files import SPMCache, SPMUnavailable, check_family, default_spm_dir, list_spm_files, resolve_spm
+from .spm_files import SPMCache, SPMUnavailable, check_family, default_spm_dir, hide_paths, list_spm_files, resolve_spm
 
 log = logging.getLogger("spo_studio")
 
@@ -79,7 +79,11 @@ def load_spm_by_name(name: str):
         # the SPM is a ~1.3 B-parameter CLIP-H: half precision on the GPU unless the WebUI runs in full
         SPM_CACHE.device = devices.device
         SPM_CACHE.dtype = devices.dtype if devices.device.type == "cuda" else torch.float32
-    return SPM_CACHE.get(resolve_spm(spm_dir(), name))
+    folder = spm_dir()
+    try:
+        return SPM_CACHE.get(resolve_spm(folder, name))
+    except SPMUnavailable as e:  # UI and API replies never show where the server keeps its files
+        raise SPMUnavailable(hide_paths(str(e), folder)) from None
 
 
 def load_checked_spm(settings: SPOSettings, sd_model):

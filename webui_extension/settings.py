@@ -77,7 +77,7 @@ class SPOSettings:
             enabled=_to_bool(values["enabled"]),
             mode=str(values["mode"]).strip(),
             spm=str(values["spm"] or "").strip(),
-            k=_to_int(values["k"]),
+            k=_to_int(values["k"], NOT_A_NUMBER),
             window_start=_to_float(values["window_start"]),
             window_end=_to_float(values["window_end"]),
             selection=str(values["selection"]).strip(),
@@ -104,6 +104,8 @@ class SPOSettings:
         """One line saying what is wrong and how to fix it, or None when the settings can run."""
         if self.mode not in MODES:
             return f"SPO: mode must be one of {', '.join(MODES)}, got {self.mode!r}; generated without SPO."
+        if self.k == NOT_A_NUMBER:
+            return f"SPO: k must be a whole number from 2 to {K_MAX}; generated without SPO."
         if self.k < 2:
             return f"SPO: k must be at least 2 (got {self.k}); generated without SPO."
         if self.k > K_MAX:
@@ -195,10 +197,13 @@ def _to_bool(v) -> bool:
     return bool(v)
 
 
+NOT_A_NUMBER = -(2**31)  # what an unreadable k ("inf", "four", null) becomes; problem() names it
+
+
 def _to_int(v, default: int = -1) -> int:
     try:
         return int(round(float(v)))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # "inf" overflows round()
         return default
 
 

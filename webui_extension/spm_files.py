@@ -28,31 +28,60 @@ def list_spm_files(folder: str) -> list[str]:
     """SPM names in `folder`: weight files and saved-model directories, relative, sorted.
 
     A directory counts when it holds a `config.json` (our save_pretrained-style format).
-    A missing folder gives an empty list.
+    A missing folder gives an empty list; links that lead out of the folder are not listed.
     """
     if not os.path.isdir(folder):
         return []
+    root_real = os.path.realpath(folder)
     names = []
     for root, dirs, files in os.walk(folder, followlinks=True):
+        here = os.path.realpath(root)
+        if here != root_real and not _inside(root_real, here):
+            dirs.clear()
+            continue
         rel_root = os.path.relpath(root, folder)
         if rel_root != "." and "config.json" in files:
             names.append(rel_root.replace(os.sep, "/"))
             dirs.clear()  # a saved model's own files are not separate models
             continue
         for f in files:
-            if f.lower().endswith(SPM_EXTENSIONS):
+            if f.lower().endswith(SPM_EXTENSIONS) and _inside(root_real, os.path.realpath(os.path.join(root, f))):
                 names.append(os.path.normpath(os.path.join(rel_root, f)).replace(os.sep, "/"))
     return sorted(names, key=str.lower)
 
 
+def _inside(root_real: str, path_real: str) -> bool:
+    return path_real != root_real and os.path.commonpath([root_real, path_real]) == root_real
+
+
 def resolve_spm(folder: str, name: str) -> str:
-    """Absolute path of SPM `name` inside `folder`; raises SPMUnavailable with a one-line fix."""
+    """Absolute path of SPM `name` inside `folder`; raises SPMUnavailable with a one-line fix.
+
+    `name` comes from the UI or the API: only names of files inside the SPM folder are accepted.
+    Absolute paths, `..` and links leading out are refused with the same message as a missing
+    file, and no message holds a server path, so a reply tells nothing about files elsewhere.
+    """
     if not name:
-        raise SPMUnavailable(f"SPO: no SPM selected; put one in {folder} and pick it.")
-    path = os.path.normpath(os.path.join(folder, name))
-    if not os.path.exists(path):
-        raise SPMUnavailable(f"SPO: SPM file {name!r} not found in {folder}; put it there or pick another.")
+        raise SPMUnavailable("SPO: no SPM selected; put one in the SPM folder (models/spo) and pick it.")
+    shown = str(name).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1][:80]  # never echo a path
+    refused = SPMUnavailable(f"SPO: SPM {shown!r} not found in the SPM folder; pick one from the list.")
+    parts = str(name).replace("\\", "/").split("/")
+    if "\x00" in name or os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts \
+            or os.path.splitdrive(name)[0]:
+        raise refused
+    root_real = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root_real, *[p for p in parts if p]))
+    if not _inside(root_real, path) or not os.path.exists(path):
+        raise refused
     return path
+
+
+def hide_paths(message: str, folder: str) -> str:
+    """`message` with the SPM folder's location removed (names inside it stay)."""
+    for prefix in sorted({os.path.realpath(folder), os.path.abspath(folder), folder}, key=len, reverse=True):
+        if prefix:
+            message = message.replace(prefix + os.sep, "").replace(prefix, "the SPM folder")
+    return message
 
 
 def spm_family(spm) -> str | None:

@@ -1,11 +1,14 @@
 """`python -m trainer.lora inspect|convert|merge`: look into, convert and fold in LoRA files.
 
-Every user-facing failure is one line on stderr and exit code 2.
+Every user-facing failure is one line on stderr and exit code 2. Outputs are written under a
+temporary name and renamed into place (a full disk leaves nothing behind); merge refuses an --out
+that is, lies inside or holds --model.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections import Counter
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_path, describe_os_error
 from .errors import LoraFileError
 from .files import read_lora, save_diffusers, save_kohya, save_peft
 from .state import LoraState
@@ -83,6 +87,7 @@ def cmd_convert(args) -> int:
               + ", ".join(state.unknown_keys[:5]) + (" ..." if len(state.unknown_keys) > 5 else ""), file=sys.stderr)
     dtype = DTYPES[args.dtype] if args.dtype else None
     out = Path(args.out)
+    check_output(out, folder=args.to == "peft", marker="adapter_config.json")
     if args.to == "kohya":
         comment = args.comment if args.comment is not None else state.metadata.get("ss_training_comment")
         save_kohya(state, out, output_name=args.name or out.stem,
@@ -93,7 +98,9 @@ def cmd_convert(args) -> int:
         save_diffusers(state, out, dtype=dtype)
         written = [out]
     else:
-        written = save_peft(state, out, dtype=dtype)
+        with atomic_path(out, directory=True) as tmp:  # the adapter folder appears whole or not at all
+            parts = save_peft(state, tmp, dtype=dtype)
+        written = [out / p.relative_to(tmp) for p in parts]
     print(f"wrote {', '.join(map(str, written))} ({args.to}, {state.family}, {len(state.modules)} modules, from {state.layout})")
     return 0
 
@@ -110,6 +117,7 @@ def cmd_merge(args) -> int:
     from ..models import detect_family_from_dir, load_model
     from .peft_bridge import merge_lora
 
+    check_merge_paths(Path(args.model), Path(args.out))
     # shapes are checked against the loaded model itself, which may be a fine-tune or ShapesWorld
     state = read_lora(args.file, family=args.family, check_shapes=False)
     model_family = args.model_family
@@ -127,9 +135,35 @@ def cmd_merge(args) -> int:
     changed = 0
     for component in state.components():
         changed += len(merge_lora(parts[component], state, args.scale, component=component))
-    save_pipeline(model, args.out)
+    with atomic_path(Path(args.out), directory=True) as tmp:  # never half a pipeline, a full disk included
+        save_pipeline(model, str(tmp))
     print(f"merged {changed} layers of {args.file} (scale {args.scale:g}) into {args.model}; wrote {args.out}")
     return 0
+
+
+def check_output(out: Path, folder: bool, marker: str) -> None:
+    """Refuse, before reading weights, an output that would replace something else."""
+    if folder:
+        if out.is_file():
+            raise LoraFileError(f"{out}: exists and is a file; give a folder name for the output")
+        if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+            raise LoraFileError(f"{out}: a folder holding other files; give a new or empty folder (it would be replaced)")
+    elif out.is_dir():
+        raise LoraFileError(f"{out}: is a folder; give a .safetensors file name")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LoraFileError(f"{out}: cannot write there ({parent} is not writable); choose a writable folder")
+
+
+def check_merge_paths(model: Path, out: Path) -> None:
+    """--out must be a folder of its own: not the model, not inside it, not holding it."""
+    m, o = model.resolve(), out.resolve()
+    if model.exists() and (o == m or m in o.parents):
+        raise LoraFileError(f"--out {out} is {'the' if o == m else 'inside the'} --model folder {model}; "
+                            "merging writes a new pipeline folder, give one outside the model")
+    if model.exists() and o in m.parents:
+        raise LoraFileError(f"--out {out} holds the --model {model}; replacing it would delete the model")
+    check_output(out, folder=True, marker="model_index.json")
 
 
 def _check_same_naming(state: LoraState, model_family: str, args) -> None:
@@ -145,6 +179,7 @@ def _quiet_loaders() -> None:
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()  # e.g. "requires torchvision" notices
 
 
 def save_pipeline(model, out: str) -> None:
@@ -228,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"error: {getattr(e, 'filename', None) or ''}: {e.strerror or e}".replace("error: : ", "error: "), file=sys.stderr)
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except ValueError as e:  # the model loader's errors (ModelLoadError is a ValueError) and bad arguments
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from ..atomic import write_text
 from .errors import LoraFileError
 from .export import kohya_metadata, to_diffusers_state_dict, to_kohya_state_dict, to_peft_state_dict, with_model_hashes
 from .layouts import build_state
@@ -50,8 +50,16 @@ def check_safetensors(path: Path) -> dict:
         raise LoraFileError(f"{path}: not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise LoraFileError(f"{path}: not a safetensors file (its header is not a JSON object)")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
-               and "data_offsets" in v), default=0)
+    end = 0
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        offsets = v.get("data_offsets") if isinstance(v, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)
+                and offsets[0] <= offsets[1]):
+            raise LoraFileError(f"{path}: not a valid safetensors file (tensor {k!r} has data_offsets {offsets!r}, "
+                                "not two increasing integers); download it again")
+        end = max(end, offsets[1])
     if 8 + n + end > size:
         raise LoraFileError(f"{path}: truncated: the header promises {8 + n + end} bytes but the file has {size}; download it again")
     return header
@@ -120,20 +128,14 @@ def read_lora(
 
 
 def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
-    """Write a safetensors file via a temporary file in the same folder and os.replace (never half-written)."""
+    """Write a safetensors file via a temporary file in the same folder and os.replace (never
+    half-written, no temporary left on failure, mode from the umask: see trainer.atomic)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(dict(tensors), tmp, metadata=dict(metadata))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ..atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata))
 
 
 def save_kohya(
@@ -182,6 +184,6 @@ def save_peft(state: LoraState, directory: str | os.PathLike, *, dtype: torch.dt
         target = directory if len(components) == 1 else directory / component
         tensors, config = to_peft_state_dict(state, component, dtype=dtype)
         atomic_save_safetensors(tensors, target / "adapter_model.safetensors", {"format": "pt"})
-        (target / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_text(target / "adapter_config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
         written.append(target)
     return written

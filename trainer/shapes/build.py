@@ -12,7 +12,6 @@ the shipped weights.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import platform
@@ -35,35 +34,35 @@ from .shipped import WEIGHTS
 class BuildConfig:
     """Sizes and seeds of one build. Seeds are fixed so a rebuild reproduces the shipped weights."""
 
-    seed: int = 0
-    renders_per_caption: int = 12
-    clip_steps: int = 1500
-    vae_steps: int = 1200
-    vae_decoder_steps: int = 400
+    seed: int = 0  # every stage's seeds derive from it
+    renders_per_caption: int = 12  # training renders per caption
+    clip_steps: int = 1500  # contrastive CLIP pretraining steps
+    vae_steps: int = 1200  # VAE steps on crops
+    vae_decoder_steps: int = 400  # decoder fine-tuning steps on full images
     # The earlier recipe learned the shape word between steps 8,000 and 12,000 at lr 8e-4; at 2e-3 the
     # four-level UNet drew every position right by step 1,000, which took 8e-4 about 2,000.
     unet_steps: int = 8000
-    unet_batch: int = 64
-    unet_lr: float = 2e-3
+    unet_batch: int = 64  # UNet batch size
+    unet_lr: float = 2e-3  # UNet learning rate
     unet_text_lr: float = 0.0  # > 0: fine-tune the text tower with the UNet (see train_unet)
-    unet_v_weight_cap: float = 30.0
-    unet_offset_noise: float = 0.15
+    unet_v_weight_cap: float = 30.0  # cap of the UNet loss weight per timestep
+    unet_offset_noise: float = 0.15  # offset-noise strength of UNet training
     # A second UNet phase: renders drawn with weight (1 − quality), mostly mediocre pictures as on
     # the web. The 16,000-step model trained on U(0, 1) quality alone samples close to the best the
     # VAE can decode, leaving preference tuning little to find (docs/shapes-16k-base.md). 0 = off.
     unet_phase2_steps: int = 2000
-    unet_phase2_lr: float = 2e-4
-    eval_seeds: tuple[int, ...] = (0, 1, 2, 3)
+    unet_phase2_lr: float = 2e-4  # learning rate of the second UNet phase
+    eval_seeds: tuple[int, ...] = (0, 1, 2, 3)  # seeds of the held-out evaluation
     preference_pairs: int = 4800  # pairs of renders
     # Pairs of the base pipeline's own samples (~0.2 s each on 2 cores). A preference model trained on
     # renders alone ranks the base model's samples at chance (docs/shapes-16k-base.md).
     preference_sample_pairs: int = 0
-    preference_steps: int = 500
+    preference_steps: int = 500  # preference model steps
     spm_steps: int = 300  # 0: the `shapes` preset's own step count
     # A third of the `shapes` SPM preset's rate: it starts from the fitted preference model and only
     # adapts it to noisy x̂0; the shipped SPM and the default run's tuning used this rate.
     spm_lr: float = 1e-4
-    threads: int = 2
+    threads: int = 2  # torch threads
 
 
 FULL = BuildConfig()
@@ -276,38 +275,63 @@ def vae_reconstruction_report(vae, data, n: int = 256) -> dict:
             "alignment_original": float(alignment(x, caps).mean()), "alignment_reconstructed": float(alignment(rec, caps).mean())}
 
 
+@dataclass(frozen=True)
+class BuildCommand(BuildConfig):
+    """The command line: the build's sizes and seeds (BuildConfig) plus where and what to run."""
+
+    preset: str = "full"
+    """full (the shipped weights' sizes) | quick (tiny sizes, minutes; writes to a scratch dir)"""
+    stage: str = "all"
+    """all | world | pipeline | preference | spm | evaluate"""
+    out: str = ""
+    """output directory (default: the shipped weights dir; with --quick a scratch dir)"""
+    scratch: str = ""
+    """checkpoints and intermediates (default: a temp dir)"""
+
+
+BUILD_PRESETS = {"full": {}, "quick": {f.name: getattr(QUICK, f.name) for f in dataclasses.fields(BuildConfig)
+                                       if getattr(QUICK, f.name) != getattr(FULL, f.name)}}
+# Sizes a rebuild may change and the least each may be.
+MINIMUM = {"unet_steps": 1, "unet_phase2_steps": 0, "preference_pairs": 1, "preference_sample_pairs": 0,
+           "preference_steps": 1, "threads": 1}
+
+
+def parse(argv: list[str]) -> BuildCommand:
+    """--quick is short for --preset quick; every BuildConfig field is a flag (--unet-steps 7)."""
+    from .. import typed_config
+
+    argv = ["--preset=quick" if a == "--quick" else a for a in argv]
+    cmd = typed_config.parse(argv, BuildCommand, BUILD_PRESETS, default_preset="full", dashed=True,
+                             prog="python -m trainer.shapes.build", intro=__doc__.split("\n\n")[0])
+    stages = ("all",) + STAGES + ("evaluate",)
+    if cmd.stage not in stages:
+        raise typed_config.ConfigError(f"--stage must be one of {', '.join(stages)} (got {cmd.stage!r})")
+    for name, least in MINIMUM.items():
+        if getattr(cmd, name) < least:
+            raise typed_config.ConfigError(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(cmd, name)}")
+    return cmd
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.shapes.build", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", default="all", choices=("all",) + STAGES + ("evaluate",))
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, minutes; writes to a scratch dir")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default: the shipped weights dir)")
-    parser.add_argument("--scratch", type=Path, default=None, help="checkpoints and intermediates (default: a temp dir)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
-    # Sizes a rebuild may change: (flag's field, minimum, help)
-    sizes = (("unet_steps", 1, f"UNet steps (default {FULL.unet_steps})"),
-             ("unet_phase2_steps", 0, f"steps of a second UNet phase on mostly mediocre renders (default {FULL.unet_phase2_steps}; 0: none)"),
-             ("preference_pairs", 1, f"preference pairs of renders (default {FULL.preference_pairs})"),
-             ("preference_sample_pairs", 0, "preference pairs of the base pipeline's samples (default 0: none)"),
-             ("preference_steps", 1, f"preference model steps (default {FULL.preference_steps})"))
-    for name, _, help_ in sizes:
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=help_)
-    args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
-    if args.threads:
-        cfg = dataclasses.replace(cfg, threads=args.threads)
-    for name, least, _ in sizes:
-        value = getattr(args, name)
-        if value is not None:
-            if value < least:
-                parser.error(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
-            cfg = dataclasses.replace(cfg, **{name: value})
-    scratch = args.scratch or Path(tempfile.gettempdir()) / ("shapes_build_quick" if args.quick else "shapes_build")
-    out = args.out or (scratch / "weights" if args.quick else WEIGHTS)
+    from ..typed_config import ConfigError, HelpRequested
+
+    try:
+        cmd = parse(list(sys.argv[1:] if argv is None else argv))
+    except HelpRequested as h:
+        print(h.text)
+        return 0
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    cfg = BuildConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(BuildConfig)})
+    quick = cmd.preset == "quick"
+    scratch = Path(cmd.scratch) if cmd.scratch else Path(tempfile.gettempdir()) / ("shapes_build_quick" if quick else "shapes_build")
+    out = Path(cmd.out) if cmd.out else (scratch / "weights" if quick else WEIGHTS)
     out.mkdir(parents=True, exist_ok=True)
     scratch.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     keep_freed_memory()
-    stages = STAGES if args.stage == "all" else (args.stage,)
+    stages = STAGES if cmd.stage == "all" else (cmd.stage,)
     runners = {"world": stage_world, "pipeline": stage_pipeline, "preference": _stage("preference"), "spm": _stage("spm"),
                "evaluate": stage_evaluate}
     command = " ".join(["python -m trainer.shapes.build"] + (argv if argv is not None else sys.argv[1:]))

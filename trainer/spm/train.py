@@ -89,6 +89,10 @@ class SPMTrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise SPMError(f"--{name.replace('_', '-')} must be >= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise SPMError(f"--lr must be a number > 0, got {self.lr}")
+        if not self.out.strip():
+            raise SPMError("--out is empty; give the folder the run writes to")
 
 
 # Reference hyper-parameters (spec §4) for SD-1.5 and SDXL; `shapes` for ShapesWorld's tiny CLIP on CPU.

@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..atomic import write_text
+from ..atomic import atomic_path, write_text
 from ..families import family_from_spm_filename
 from .errors import SPMError
 from .model import StepAwarePreferenceModel
@@ -81,13 +82,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except Exception as e:  # safetensors raises several error types for a damaged header
             raise SPMError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:160]})") from None
+    if path.stat().st_size == 0:
+        raise SPMError(f"{path}: empty file (0 bytes); download the SPM checkpoint again")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:160]
-        raise SPMError(f"{path}: refused, it holds objects other than tensors ({first})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
-        raise SPMError(f"{path}: not a readable torch checkpoint, truncated or damaged ({str(e).splitlines()[0][:160]})") from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: one line is ours
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, i.e. running the file's code: never repeat it
+        raise SPMError(f"{path}: refused, it holds objects other than tensors, which are never unpickled here "
+                       "(they can run code); use a checkpoint that holds only weights, or its .safetensors") from None
+    except Exception as e:  # truncated zip, EOF, bad magic: torch raises many types for a damaged file
+        first = _strip_hints(str(e))
+        raise SPMError(f"{path}: not a readable torch checkpoint, truncated or damaged ({first})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
@@ -96,6 +103,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if bad:
         raise SPMError(f"{path}: entry {bad[0]!r} is not a tensor; an SPM checkpoint holds only tensors")
     return obj
+
+
+def _strip_hints(text: str) -> str:
+    """First line of an error, without any advice to turn weights_only off."""
+    first = (text.strip().splitlines() or [""])[0][:160]
+    return "refused to unpickle" if "weights_only" in first else first
 
 
 def check_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module, path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -204,9 +217,8 @@ def save_pretrained(spm: StepAwarePreferenceModel, out_dir: str | os.PathLike, t
         tokenizer_ref = str(tok)
     state = {k: v.detach().contiguous().cpu() for k, v in spm.state_dict().items()}
     meta = {"format": FORMAT, "step_aware": str(spm.step_aware), "family": str(spm.family)}
-    tmp = out / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, out / WEIGHTS_NAME)
+    with atomic_path(out / WEIGHTS_NAME) as tmp:  # mode from the umask; no temporary left on failure
+        save_file(state, str(tmp), metadata=meta)
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -245,7 +257,10 @@ def from_pretrained(root: str | os.PathLike, device="cpu", dtype: torch.dtype = 
         raise SPMError(f"{root}: not an spo-studio SPM directory ({CONFIG_NAME} with format {FORMAT!r} missing)")
     if cfg.get("format_version", 0) > FORMAT_VERSION:
         raise SPMError(f"{root}: SPM format version {cfg['format_version']} is newer than this spo-studio reads; upgrade")
-    clip_cfg = cfg["clip"]
+    clip_cfg = cfg.get("clip")
+    if not isinstance(clip_cfg, dict) or not isinstance(cfg.get("preprocess"), dict):
+        missing = "clip" if not isinstance(clip_cfg, dict) else "preprocess"
+        raise SPMError(f"{root / CONFIG_NAME}: no {missing!r} section; the SPM directory is damaged, convert or save it again")
     config = CLIPConfig(
         text_config=clip_cfg.get("text_config"), vision_config=clip_cfg.get("vision_config"),
         **{k: v for k, v in clip_cfg.items() if k in ("projection_dim", "logit_scale_init_value")},

@@ -9,59 +9,27 @@ from __future__ import annotations
 
 import sys
 
-from .config import PRESETS, ConfigError, build_config, flat_fields
+from .. import typed_config
+from .config import PRESETS, ConfigError, SPOConfig, validate
+
+GUARANTEES = """\
+safety: a folder that already holds a run is refused unless --resume (continue it) or --overwrite
+(start over; the old checkpoints, logs and exports are removed first); two runs cannot share a
+folder at once; --resume refuses a changed model/LoRA setting and falls back to the newest intact
+checkpoint. Every bad input is one line on stderr and exit code 2, before any training starts."""
 
 
 def usage(preset: str) -> str:
-    cfg = build_config(preset)
-    lines = [
-        __doc__.strip(),
-        "",
-        "options:",
-        "  --preset NAME       " + " | ".join(PRESETS) + f" (default shapes; defaults below are {preset}'s)",
-        "  --config FILE.yaml  nested mapping of the keys below; command-line keys override it",
-        "  --resume            continue from the newest checkpoint in --output_dir",
-        "",
-        "config keys (--key VALUE or --key=VALUE; lists comma-separated):",
-    ]
-    for key, (value, _, doc) in flat_fields(cfg).items():
-        if key == "preset":
-            continue
-        shown = ",".join(value) if isinstance(value, list) else value
-        lines.append(f"  --{key:<28} {shown!s:<42} {doc}")
-    return "\n".join(lines)
+    return typed_config.usage(SPOConfig, PRESETS, preset=preset, prog="python -m trainer.spo",
+                              intro=__doc__.strip() + "\n\n" + GUARANTEES)
 
 
-def parse_args(argv: list[str]) -> tuple[str, str | None, dict[str, str], bool]:
-    """-> (preset, yaml path, {dotted key: raw value}, help requested)."""
-    preset, yaml_path, overrides, want_help = "shapes", None, {}, False
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("-h", "--help"):
-            want_help = True
-            i += 1
-            continue
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}; options look like --sampling.k 4 (see --help)")
-        key, eq, value = arg[2:].partition("=")
-        if key == "resume" and not eq:
-            overrides["resume"] = "true"
-            i += 1
-            continue
-        if not eq:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                raise ConfigError(f"--{key} needs a value")
-            value = argv[i + 1]
-            i += 1
-        i += 1
-        if key == "preset":
-            preset = value
-        elif key == "config":
-            yaml_path = value
-        else:
-            overrides[key.replace("-", "_")] = value
-    return preset, yaml_path, overrides, want_help
+def parse(argv: list[str]) -> SPOConfig:
+    """The validated config of a command line (preset < --config YAML < --section.field flags)."""
+    cfg = typed_config.parse(argv, SPOConfig, PRESETS, default_preset="shapes", prog="python -m trainer.spo",
+                             intro=__doc__.strip() + "\n\n" + GUARANTEES)
+    validate(cfg)
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,19 +39,21 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     argv = sys.argv[1:] if argv is None else argv
     try:
-        preset, yaml_path, overrides, want_help = parse_args(argv)
-        if want_help:
-            print(usage(preset if preset in PRESETS else "shapes"))
-            return 0
-        cfg = build_config(preset, yaml_path, overrides)
+        cfg = parse(argv)
+        _quiet_loaders()
         from .train import train
 
         result = train(cfg)
-    except (ConfigError, ModelLoadError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except typed_config.HelpRequested as h:
+        print(h.text)
+        return 0
+    except (ConfigError, ModelLoadError) + _user_errors() as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except _user_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:
+        from ..atomic import describe_os_error
+
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     if "kohya" in result:
         print(f"LoRA (kohya/WebUI): {result['kohya']}")
@@ -95,6 +65,23 @@ def main(argv: list[str] | None = None) -> int:
             print(report["markdown"])
             print(f"grid: {report['grid']}\ntable: {report['table_md']}, {report['table_json']}")
     return 0
+
+
+def _quiet_loaders() -> None:
+    """No weight-loading progress bars: stderr is for the one-line error, if any."""
+    try:
+        import diffusers
+        import transformers
+    except ImportError:
+        return
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()  # e.g. "requires torchvision" notices
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

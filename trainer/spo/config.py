@@ -4,18 +4,13 @@ Precedence: preset < YAML file (--config) < command-line overrides (--section.fi
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import typing
+import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from .. import typed_config
 from ..families import FAMILIES
-
-
-class ConfigError(ValueError):
-    """A bad config key or value; the message is one line naming the flag."""
+from ..typed_config import ConfigError
 
 
 @dataclass
@@ -92,13 +87,17 @@ class SPOConfig:
     prompts: str = "shapes"
     """text file with one prompt per line, or "shapes" (ShapesWorld training captions)"""
     output_dir: str = "outputs/spo-shapes"
+    """folder of the run's checkpoints, logs and exported LoRA: one run per folder"""
     seed: int = 0
+    """seeds the LoRA init and every epoch's sampling"""
     checkpoint_every: int = 1
     """epochs between checkpoints"""
     validate_every: int = 0
     """epochs between validation grids (0 = only at the end)"""
     resume: bool = False
-    """continue from the newest checkpoint in output_dir"""
+    """continue from the newest intact checkpoint in output_dir (model and LoRA settings must match it)"""
+    overwrite: bool = False
+    """start over in an output_dir that holds a run: its checkpoints, logs and exports are removed first"""
     eval_seeds: int = 4
     """fixed seeds per held-out caption in the before/after evaluation (ShapesWorld)"""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -169,103 +168,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def field_docs(cls) -> dict[str, str]:
-    """Docstrings written under dataclass fields (read from source; used by --help)."""
-    import ast
-    import inspect
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    docs, body = {}, tree.body[0].body
-    for a, b in zip(body, body[1:]):
-        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
-            docs[a.target.id] = str(b.value.value)
-    return docs
-
-
-def flat_fields(cfg=None, prefix: str = "") -> dict[str, tuple[Any, type, str]]:
+def flat_fields(cfg=None) -> dict[str, tuple[Any, type, str]]:
     """{"sampling.k": (value, type, doc), ...} for every leaf field."""
-    cfg = cfg if cfg is not None else SPOConfig()
-    hints = typing.get_type_hints(type(cfg))
-    docs = field_docs(type(cfg))
-    out = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            out.update(flat_fields(value, f"{prefix}{f.name}."))
-        else:
-            out[f"{prefix}{f.name}"] = (value, hints[f.name], docs.get(f.name, ""))
-    return out
+    return typed_config.fields_of(cfg if cfg is not None else SPOConfig())
 
 
-def _coerce(key: str, raw: Any, typ) -> Any:
-    if not isinstance(raw, str):
-        if typing.get_origin(typ) is list and not isinstance(raw, list):
-            raise ConfigError(f"--{key}: expected a list, got {raw!r}")
-        return raw
-    try:
-        if typ is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if typ is int:
-            return int(raw)
-        if typ is float:
-            return float(raw)
-        if typing.get_origin(typ) is list:
-            return [s.strip() for s in raw.split(",") if s.strip()]
-        return raw
-    except ValueError:
-        raise ConfigError(f"--{key}: cannot read {raw!r} as {getattr(typ, '__name__', typ)}") from None
+def build_config(preset: str | None = "shapes", yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> SPOConfig:
+    """Preset, then YAML file, then overrides; type-checked (trainer.typed_config) and validated.
 
-
-def set_value(cfg: SPOConfig, key: str, raw: Any) -> None:
-    fields = flat_fields(cfg)
-    if key not in fields:
-        near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
-        hint = f"; did you mean --{near[0]}?" if near else "; see --help for the list"
-        raise ConfigError(f"unknown config key --{key}{hint}")
-    obj = cfg
-    *parents, leaf = key.split(".")
-    for p in parents:
-        obj = getattr(obj, p)
-    setattr(obj, leaf, _coerce(key, raw, fields[key][1]))
-
-
-def flatten_mapping(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten_mapping(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def build_config(preset: str = "shapes", yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> SPOConfig:
-    """Preset, then YAML file, then overrides; validated."""
-    if preset not in PRESETS:
-        raise ConfigError(f"--preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    cfg = SPOConfig(preset=preset)
-    for k, v in PRESETS[preset].items():
-        set_value(cfg, k, v)
-    if yaml_path:
-        import yaml
-
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise ConfigError(f"--config: no such file {yaml_path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"--config {yaml_path}: expected a mapping of config keys")
-        for k, v in flatten_mapping(data).items():
-            if k == "preset":
-                continue
-            set_value(cfg, k, v)
-    for k, v in (overrides or {}).items():
-        set_value(cfg, k, v)
+    preset None: the YAML file's `preset:`, else "shapes".
+    """
+    cfg = typed_config.build(SPOConfig, PRESETS, preset=preset, yaml_path=yaml_path, overrides=overrides,
+                             default_preset="shapes")
     validate(cfg)
     return cfg
 
@@ -300,7 +214,31 @@ def validate(cfg: SPOConfig) -> None:
         raise ConfigError(f"--train.mixed_precision must be no, fp16 or bf16 (got {t.mixed_precision!r})")
     if cfg.lora.rank < 1:
         raise ConfigError(f"--lora.rank must be >= 1 (got {cfg.lora.rank})")
+    # Values that would train nothing or divide by zero: refused before any model is loaded.
+    for flag, value in (("--train.lr", t.lr), ("--train.beta", t.beta), ("--lora.alpha", cfg.lora.alpha),
+                        ("--train.clip_eps", t.clip_eps), ("--train.max_grad_norm", t.max_grad_norm)):
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{flag} must be a number > 0 (got {value})")
+    for flag, value in (("--train.epochs", t.epochs), ("--sampling.rounds_per_epoch", s.rounds_per_epoch),
+                        ("--sampling.num_steps", s.num_steps), ("--eval_seeds", cfg.eval_seeds)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1 (got {value})")
+    if t.weight_decay < 0 or s.eta < 0 or cfg.checkpoint_every < 0 or cfg.validate_every < 0:
+        raise ConfigError("--train.weight_decay, --sampling.eta, --checkpoint_every and --validate_every must be >= 0")
+    if cfg.lora.init not in LORA_INITS:
+        raise ConfigError(f"--lora.init must be one of {', '.join(LORA_INITS)} (got {cfg.lora.init!r})")
+    if not cfg.lora.targets:
+        raise ConfigError("--lora.targets: give at least one module name, e.g. to_q,to_k,to_v,to_out.0")
+    if cfg.model.family != "auto" and cfg.model.family not in FAMILIES:
+        raise ConfigError(f"--model.family must be auto or one of {', '.join(FAMILIES)} (got {cfg.model.family!r})")
+    if not cfg.output_dir.strip():
+        raise ConfigError("--output_dir is empty; give the folder the run writes to")
+
+
+LORA_INITS = ("gaussian", "default")
+# Settings a checkpoint's LoRA depends on: --resume refuses to continue under other values.
+MODEL_KEYS = ("model.source", "model.family", "model.config_dir", "lora.rank", "lora.alpha", "lora.init", "lora.targets")
 
 
 def to_dict(cfg: SPOConfig) -> dict:
-    return dataclasses.asdict(cfg)
+    return typed_config.to_dict(cfg)

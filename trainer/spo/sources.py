@@ -70,7 +70,15 @@ def resolve_prompts(cfg: SPOConfig) -> list[str]:
     path = Path(cfg.prompts)
     if not path.is_file():
         raise ConfigError(f"--prompts: no such file {cfg.prompts}")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise ConfigError(f"--prompts: {cfg.prompts} is a binary file; give a text file with one prompt per line")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"--prompts: {cfg.prompts} is not UTF-8 text (line {line}); save it as UTF-8") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ConfigError(f"--prompts: {cfg.prompts} holds no prompts")
     return prompts

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -18,12 +17,14 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from ..atomic import write_text
 from ..models import DiffusionModel, PromptEmbeds
+from . import rundir
 from .config import ConfigError, SPOConfig, to_dict
 from .rollout import Transitions, spo_round
 from .step import transition_loss
 
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = rundir.CHECKPOINTS
 
 
 def add_lora(model: DiffusionModel, cfg) -> list[torch.nn.Parameter]:
@@ -124,54 +125,41 @@ def train_on(model, unet_for_grad, accelerator, optimizer, params, data: EpochDa
     return {"loss": sum(losses) / len(losses), "steps": steps, "grad_norm": max(norms), "margin": sum(margins) / len(margins)}
 
 
-# -- checkpoints --------------------------------------------------------------------------------
+# -- checkpoints (trainer.spo.rundir holds the folder rules) -------------------------------------------
 def save_checkpoint(out: Path, epoch: int, unet, optimizer, cfg: SPOConfig, keep: int = 2) -> Path:
     """Write checkpoints/epoch-NNNN atomically (temp dir, then rename); keep the newest `keep`."""
     from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
 
-    root = out / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"epoch-{epoch:04d}"
-    tmp = root / f".tmp-epoch-{epoch:04d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    lora = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
-    save_file(lora, str(tmp / "lora.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "config": to_dict(cfg)}, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in sorted(root.glob("epoch-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    return rundir.save_checkpoint(out, epoch, get_peft_model_state_dict(unet), optimizer, cfg, keep)
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    done = sorted(p for p in (out / CHECKPOINTS).glob("epoch-*") if (p / "state.json").is_file())
-    return done[-1] if done else None
+    done = rundir.checkpoints(out)
+    return done[0] if done else None
 
 
-def load_checkpoint(path: Path, unet, optimizer) -> int:
+def load_checkpoint(path: Path, unet, optimizer, ckpt: dict | None = None) -> int:
     """Restore LoRA weights, optimizer and RNG; return the epoch the checkpoint ended."""
     from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    set_peft_model_state_dict(unet, load_file(str(path / "lora.safetensors")))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
-    return int(json.loads((path / "state.json").read_text())["epoch"])
+    ckpt = ckpt if ckpt is not None else rundir.read_checkpoint(path)
+    set_peft_model_state_dict(unet, ckpt["lora"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng"])
+    return int(ckpt["state"]["epoch"])
 
 
 # -- outputs -------------------------------------------------------------------------------------
 def export_lora(out: Path, model: DiffusionModel, cfg: SPOConfig) -> dict[str, Path]:
-    """The trained adapter as a kohya/WebUI file and in diffusers/PEFT form, with the config beside it."""
+    """The trained adapter as a kohya/WebUI file and in diffusers/PEFT form, with the config beside it.
+
+    All three are written into a temporary folder first and then moved into place together: a full
+    disk or a kill leaves either the earlier export or the new one, never a mix and no temporary.
+    """
+    from ..atomic import publish
     from ..lora import lora_from_peft, save_diffusers, save_kohya
 
-    name = Path(cfg.output_dir).name or "spo"
-    kohya = out / f"{name}.safetensors"
+    name = rundir.export_name(cfg)
     comment = {
         "method": "SPO (step-aware preference optimization)",
         "k": cfg.sampling.k,
@@ -185,30 +173,24 @@ def export_lora(out: Path, model: DiffusionModel, cfg: SPOConfig) -> dict[str, P
         "scorer": cfg.scorer.source,
     }
     state = lora_from_peft(model.unet, component="unet", family=model.family.name)
-    save_kohya(
-        state,
-        kohya,
-        family=model.family.name,
-        output_name=name,
-        base_model_name=Path(str(model.source)).name,
-        training_comment=comment,
-        dtype=torch.float16,
-    )
-    peft_dir = out / "diffusers"
-    peft_dir.mkdir(exist_ok=True)
-    save_diffusers(state, peft_dir / "pytorch_lora_weights.safetensors", dtype=torch.float32)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return {"kohya": kohya, "diffusers": peft_dir}
+    with publish(out, [f"{name}.safetensors", "diffusers", "config.yaml"]) as stage:
+        save_kohya(
+            state,
+            stage / f"{name}.safetensors",
+            family=model.family.name,
+            output_name=name,
+            base_model_name=Path(str(model.source)).name,
+            training_comment=comment,
+            dtype=torch.float16,
+        )
+        (stage / "diffusers").mkdir()
+        save_diffusers(state, stage / "diffusers" / "pytorch_lora_weights.safetensors", dtype=torch.float32)
+        (stage / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return {"kohya": out / f"{name}.safetensors", "diffusers": out / "diffusers"}
 
 
 def check_output_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--output_dir: cannot write to {out} ({e.strerror}); choose a writable directory") from None
+    rundir.check_writable(out)
 
 
 def train(cfg: SPOConfig, model: DiffusionModel | None = None, scorer=None, prompts: list[str] | None = None) -> dict:
@@ -217,12 +199,20 @@ def train(cfg: SPOConfig, model: DiffusionModel | None = None, scorer=None, prom
     model / scorer / prompts: objects to use instead of resolving cfg.model / cfg.scorer /
     cfg.prompts (library use and tests); the scorer fits trainer.scoring.Scorer.
     """
+    out = Path(cfg.output_dir)
+    lock = rundir.prepare_output_dir(cfg)  # one run per folder, checked before anything loads
+    try:
+        return _train(cfg, out, model, scorer, prompts)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: SPOConfig, out: Path, model, scorer, prompts) -> dict:
     from accelerate import Accelerator
 
     from .sources import resolve_model, resolve_prompts, resolve_scorer
 
-    out = Path(cfg.output_dir)
-    check_output_dir(out)
     # Without a GPU, processes started by torchrun (`accelerate launch --multi_gpu`) must be told
     # to use the CPU, or accelerate runs each of them alone instead of as one gloo group.
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -237,13 +227,16 @@ def train(cfg: SPOConfig, model: DiffusionModel | None = None, scorer=None, prom
     unet_for_grad, optimizer = accelerator.prepare(model.unet, optimizer)
 
     start = 0
+    if cfg.overwrite and accelerator.is_main_process:
+        rundir.clear_run(out, cfg)  # only now: every input of the new run has loaded
+    accelerator.wait_for_everyone()
     if cfg.resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise ConfigError(f"--resume: no checkpoint in {out / CHECKPOINTS}; run without --resume to start")
-        start = load_checkpoint(ckpt, model.unet, optimizer) + 1
+        path, ckpt = rundir.load_newest_intact(out, cfg, say=print if show else (lambda m: None))
+        start = load_checkpoint(path, model.unet, optimizer, ckpt) + 1
         if show:
-            print(f"resumed from {ckpt} (epoch {start - 1} done)")
+            print(f"resumed from {path} (epoch {start - 1} done)")
+    if accelerator.is_main_process:
+        rundir.trim_log(out, start)  # a resumed run logs each epoch once
 
     writer = _tensorboard(out / "logs") if accelerator.is_main_process else None
     summary = {}
@@ -264,8 +257,7 @@ def train(cfg: SPOConfig, model: DiffusionModel | None = None, scorer=None, prom
             for key, value in summary.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     writer.add_scalar(f"spo/{key}", value, epoch)
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(summary) + "\n")
+            rundir.append_log(out, summary)
         if accelerator.is_main_process and cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
             save_checkpoint(out, epoch, model.unet, optimizer, cfg)
         if accelerator.is_main_process and cfg.validate_every and (epoch + 1) % cfg.validate_every == 0:
@@ -277,7 +269,7 @@ def train(cfg: SPOConfig, model: DiffusionModel | None = None, scorer=None, prom
     fingerprints = accelerator.gather(lora_fingerprint(params).to(accelerator.device)[None]).cpu()
     if accelerator.is_main_process:
         # DDP keeps replicas equal; written down so a multi-GPU user (and the test) can check it.
-        (out / "ranks.json").write_text(json.dumps({"lora_fingerprints": fingerprints.tolist()}))
+        write_text(out / "ranks.json", json.dumps({"lora_fingerprints": fingerprints.tolist()}))
     result = {"summary": summary, "model": model, "output_dir": out}
     if accelerator.is_main_process:
         result.update(export_lora(out, model, cfg))
