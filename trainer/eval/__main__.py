@@ -12,37 +12,19 @@ from __future__ import annotations
 
 import sys
 
-from .config import PRESETS, ConfigError, build_config, flat_fields
+from .config import PRESETS, ConfigError, EvalConfig, build_config
 
 
 def usage(preset: str) -> str:
-    from .config import EvalConfig, set_value
+    from ..typed_config import usage as typed_usage
 
-    cfg = EvalConfig(preset=preset)  # the preset's values unvalidated: `paper` leaves the model to the user
-    for k, v in PRESETS[preset].items():
-        set_value(cfg, k, list(v) if isinstance(v, list) else v)
-    lines = [
-        __doc__.strip(),
-        "",
-        "options:",
-        "  --preset NAME       " + " | ".join(PRESETS) + f" (default shapes; defaults below are {preset}'s)",
-        "  --config FILE.yaml  nested mapping of the keys below; command-line keys override it",
-        "  --lora FILE         repeatable: each LoRA is compared with the base",
-        "  --quiet             no progress bars",
-        "",
-        "config keys (--key VALUE or --key=VALUE; lists comma-separated):",
-    ]
-    for key, (value, _, doc) in flat_fields(cfg).items():
-        if key == "preset":
-            continue
-        shown = ",".join(value) if isinstance(value, list) else value
-        lines.append(f"  --{key:<28} {str(shown)[:60]!s:<40} {doc}")
-    return "\n".join(lines)
+    text = typed_usage(EvalConfig, PRESETS, preset=preset, prog="python -m trainer.eval", intro=__doc__.strip())
+    return text + "\n\n  --lora FILE    repeatable: each LoRA is compared with the base\n  --quiet        no progress bars"
 
 
 def parse_args(argv: list[str]) -> tuple[str, str | None, dict, bool, bool]:
     """-> (preset, yaml path, {dotted key: raw value}, help requested, quiet)."""
-    preset, yaml_path, overrides, want_help, quiet = "shapes", None, {}, False, False
+    preset, yaml_path, overrides, want_help, quiet = None, None, {}, False, False
     loras: list[str] = []
     i = 0
     while i < len(argv):

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-# The one place that knows which config machinery parses us (see `build_config`).
-from ..spo.config import ConfigError, flat_fields, flatten_mapping, set_value  # noqa: F401 (re-exported)
+# The project's one config machinery (trainer/typed_config.py); `build_config` is the only caller.
+from ..typed_config import ConfigError, build, fields_of  # noqa: F401 (ConfigError, fields_of re-exported)
 
 SHAPES_DEFAULT_LORA = "outputs/spo-shapes/spo-shapes.safetensors"
 
@@ -114,31 +113,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def build_config(preset: str = "shapes", yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> EvalConfig:
-    """Preset, then YAML file, then overrides; validated. The single function to switch to
-    trainer.typed_config once it exists (everything else only sees an EvalConfig)."""
-    if preset not in PRESETS:
-        raise ConfigError(f"--preset: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    cfg = EvalConfig(preset=preset)
-    for k, v in PRESETS[preset].items():
-        set_value(cfg, k, list(v) if isinstance(v, list) else v)
-    if yaml_path:
-        import yaml
-
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise ConfigError(f"--config: no such file {yaml_path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--config {yaml_path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"--config {yaml_path}: expected a mapping of config keys")
-        for k, v in flatten_mapping(data).items():
-            if k != "preset":
-                set_value(cfg, k, v)
-    for k, v in (overrides or {}).items():
-        set_value(cfg, k, v)
+def build_config(preset: str | None = None, yaml_path: str | None = None, overrides: dict[str, Any] | None = None) -> EvalConfig:
+    """Preset, then YAML file, then overrides (trainer.typed_config: every value type-checked); validated."""
+    cfg = build(EvalConfig, PRESETS, preset=preset, yaml_path=yaml_path, overrides=overrides, default_preset="shapes")
     validate(cfg)
     return cfg
 
