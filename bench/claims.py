@@ -88,7 +88,7 @@ def run_variant(name: str, seed: int, budget: int, eval_seeds: int, threads: int
     from trainer.spo.report import evaluate_shapes
     from trainer.spo.sources import resolve_model, resolve_prompts, resolve_scorer
     from trainer.spo.step import adapter_disabled
-    from trainer.spo.train import EpochData, add_lora, epoch_generator, sample_epoch, train_on
+    from trainer.spo.train import EpochData, add_lora, epoch_generator, run_epoch, train_on
     from trainer.shapes import heldout_captions
 
     torch.set_num_threads(threads)
@@ -118,10 +118,10 @@ def run_variant(name: str, seed: int, budget: int, eval_seeds: int, threads: int
                     n += len(idx)
                     kept, branched = kept + st["kept"], branched + st["branched"]
                 data = EpochData(Transitions.cat(parts, offs), PromptEmbeds.cat(conds), model.uncond_embeds(n), {})
-            else:
-                data = sample_epoch(model, agreement, prompts, cfg, gen, show=False)
-                kept, branched = kept + data.stats["kept"], branched + data.stats["branched"]
-            train_on(model, counter, acc, opt, params, data, cfg, gen, show=False)
+                train_on(model, counter, acc, opt, params, data, cfg, gen, show=False)
+            else:  # SPO exactly as the trainer runs an epoch: each batch trained on right after sampling
+                info = run_epoch(model, agreement, prompts, counter, acc, opt, params, cfg, epoch, show=False)
+                kept, branched = kept + info["kept"], branched + info["branched"]
             epoch += 1
         model.unet = base_unet
         extra = {"epochs": epoch, "unet_evaluations": counter.rows, "pair_keep_rate": kept / max(branched, 1)}

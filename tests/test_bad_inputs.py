@@ -65,7 +65,7 @@ SPO_CASES = [
     ("lr-text", lambda t: ["--train.lr", "fast"], "--train.lr: expected a number"),
     ("epochs-zero", lambda t: ["--train.epochs", "0"], "--train.epochs must be >= 1"),
     ("epochs-float", lambda t: ["--train.epochs", "2.5"], "--train.epochs: expected an integer"),
-    ("rounds-zero", lambda t: ["--sampling.rounds_per_epoch", "0"], "--sampling.rounds_per_epoch must be >= 1"),
+    ("rounds-negative", lambda t: ["--sampling.rounds_per_epoch", "-1"], "--sampling.rounds_per_epoch must be >= 0"),
     ("alpha-zero", lambda t: ["--lora.alpha", "0"], "--lora.alpha must be a number > 0"),
     ("beta-zero", lambda t: ["--train.beta", "0"], "--train.beta must be a number > 0"),
     ("lora-init-unknown", lambda t: ["--lora.init", "xavier"], "--lora.init must be one of gaussian, default"),

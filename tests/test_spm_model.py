@@ -135,7 +135,7 @@ def test_score_in_half_precision_close_to_fp32(spm):
         (torch.zeros(2, 3, 8, 8), ["a"], 0, "one prompt per image"),
         (torch.zeros(3, 8, 8), ["a"], 0, "Tensor[B, 3, H, W]"),
         (torch.zeros(1, 1, 8, 8), ["a"], 0, "Tensor[B, 3, H, W]"),
-        (torch.full((1, 3, 8, 8), 255.0), ["a"], 0, "in [-1, 1]"),
+        (torch.full((1, 3, 8, 8), float("nan")), ["a"], 0, "NaN or infinite"),
         (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), ["a"], 0, "floating point"),
         (torch.zeros(1, 3, 8, 8), ["a"], 1000, "timesteps must be in [0, 1000)"),
         (torch.zeros(1, 3, 8, 8), ["a"], -1, "timesteps must be in [0, 1000)"),
@@ -158,5 +158,17 @@ def test_missing_tokenizer_is_one_line(base):
 
 
 def test_preprocess_config_round_trip():
-    c = PreprocessConfig(image_size=64)
-    assert PreprocessConfig.from_dict(c.to_dict()) == c
+    for method in ("spo", "clip"):
+        c = PreprocessConfig(image_size=64, method=method)
+        assert PreprocessConfig.from_dict(c.to_dict()) == c
+    # a checkpoint written before the method was recorded was trained with CLIPImageProcessor's recipe
+    legacy = {k: v for k, v in PreprocessConfig(image_size=64).to_dict().items() if k != "method"}
+    assert PreprocessConfig.from_dict(legacy).method == "clip"
+
+
+def test_decoder_overshoot_is_scored_not_refused(spm):
+    """x̂0 decoded past ±1 reaches the scorer as it is; the spo recipe clamps after the resize."""
+    images = torch.rand(2, 3, 40, 48) * 3 - 1.5
+    spo = spm.score(images, ["a", "b"], 10)
+    clamped_first = spm.score(images.clamp(-1, 1), ["a", "b"], 10)
+    assert torch.isfinite(spo).all() and not torch.allclose(spo, clamped_first)

@@ -1,10 +1,13 @@
-"""Torch preprocessing against transformers' own CLIP image processor on PIL images."""
+"""Torch preprocessing: the reference (released SPM) recipe against hand-built torch expectations,
+and the CLIPImageProcessor recipe against transformers' own processor on PIL images."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+import torch.nn.functional as F
 
 from trainer.spm.preprocess import PreprocessConfig, clip_preprocess
 
@@ -32,7 +35,7 @@ def test_matches_clip_image_processor(h, w, size):
     pil = _test_image(h, w, seed=h + w)
     expected = torch.from_numpy(np.asarray(_hf_processor(size)(images=pil, return_tensors="np")["pixel_values"]))
     images = torch.from_numpy(np.array(pil)).permute(2, 0, 1)[None].float() / 127.5 - 1
-    cfg = PreprocessConfig(image_size=size)
+    cfg = PreprocessConfig(image_size=size, method="clip")
     ours = clip_preprocess(images, cfg)
     assert ours.shape == expected.shape == (1, 3, size, size)
     std = torch.tensor(cfg.image_std).view(1, 3, 1, 1)
@@ -50,3 +53,64 @@ def test_gradients_flow_through_preprocessing():
     images = (torch.rand(1, 3, 48, 48) * 2 - 1).requires_grad_(True)
     clip_preprocess(images, PreprocessConfig(image_size=32)).sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+# (H, W) -> resized (H', W') with int(x·224/short + 0.5), and torchvision CenterCrop's (top, left),
+# worked out by hand: 1216·224/832 = 327.38 -> 327, (327 − 224)/2 = 51.5 rounds to the even 52;
+# 1536·224/640 = 537.6 -> 538, offset 157.
+REFERENCE_CASES = [
+    ((512, 512), (224, 224), (0, 0)),
+    ((768, 768), (224, 224), (0, 0)),
+    ((832, 1216), (224, 327), (0, 52)),
+    ((1216, 832), (327, 224), (52, 0)),
+    ((640, 1536), (224, 538), (0, 157)),
+]
+
+
+def _by_hand(images, resized, offsets, size=224):
+    """The reference recipe spelled out with torch calls only."""
+    x = F.interpolate(images.float(), size=resized, mode="bicubic", align_corners=False, antialias=False)
+    top, left = offsets
+    x = x[..., top : top + size, left : left + size]
+    x = (x / 2 + 0.5).clamp(0, 1)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@pytest.mark.parametrize("hw, resized, offsets", REFERENCE_CASES)
+def test_spo_recipe_matches_non_antialiased_torch_by_hand(hw, resized, offsets):
+    g = torch.Generator().manual_seed(hw[0] + hw[1])
+    # decoded x̂0 overshoots ±1: values in [−1.3, 1.3], so the clamp position matters
+    images = torch.rand(2, 3, *hw, generator=g) * 2.6 - 1.3
+    ours = clip_preprocess(images, PreprocessConfig(image_size=224, method="spo"))
+    expected = _by_hand(images, resized, offsets)
+    assert ours.shape == (2, 3, 224, 224)
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
+    # and it is not the antialiased kernel, nor clamping before the resize
+    if hw != (224, 224):
+        aa = F.interpolate(images, size=resized, mode="bicubic", align_corners=False, antialias=True)
+        assert not torch.allclose(ours, _by_hand(aa, resized, offsets).nan_to_num(), atol=1e-3)
+    clamped_first = _by_hand(images.clamp(-1, 1), resized, offsets)
+    assert (ours - clamped_first).abs().max() > 1e-3
+
+
+def test_spo_recipe_crop_offset_is_not_truncated():
+    """832×1216: truncating 51.5 would crop one column to the left of the reference's window."""
+    images = torch.linspace(-1, 1, 1216).view(1, 1, 1, 1216).expand(1, 3, 832, 1216).contiguous()
+    ours = clip_preprocess(images, PreprocessConfig(image_size=224, method="spo"))
+    assert not torch.allclose(ours, _by_hand(images, (224, 327), (0, 51)), atol=1e-4)
+    torch.testing.assert_close(ours, _by_hand(images, (224, 327), (0, 52)), atol=1e-6, rtol=0)
+
+
+def test_recipes_agree_when_no_resize_is_needed():
+    """ShapesWorld's 64 px images into a 64 px SPM: both recipes see the same pixels, overshoot included."""
+    images = torch.rand(3, 3, 64, 64) * 2.4 - 1.2
+    spo = clip_preprocess(images, PreprocessConfig(image_size=64, method="spo"))
+    clip = clip_preprocess(images, PreprocessConfig(image_size=64, method="clip"))
+    torch.testing.assert_close(spo, clip, atol=1e-6, rtol=0)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="preprocess method"):
+        PreprocessConfig(method="pil")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -181,6 +182,9 @@ def test_step_agnostic_round_trip_and_clip_dir(tmp_path, inputs):
     tok.save_pretrained(str(tmp_path / "clipdir" / "tokenizer"))
     as_clip = load_spm(tmp_path / "clipdir")
     assert not as_clip.step_aware
+    # ...and sees images as CLIPImageProcessor makes them, as such a model was trained
+    assert as_clip.preprocess.method == "clip" and agn.preprocess.method == "spo"
+    agn.preprocess = dataclasses.replace(agn.preprocess, method="clip")
     assert torch.allclose(as_clip.score(*inputs), agn.score(*inputs), atol=1e-6)
 
 
@@ -256,7 +260,7 @@ def test_real_size_random_weights_in_released_layout(tmp_path):
     on_disk = read_state_dict(path)  # memory-mapped
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, on_disk[k]), k
-    assert loaded.family == "sd15" and loaded.preprocess.image_size == 224
+    assert loaded.family == "sd15" and loaded.preprocess.image_size == 224 and loaded.preprocess.method == "spo"
     scores = loaded.score(torch.rand(2, 3, 256, 320) * 2 - 1, ["a cat", "a dog"], torch.tensor([0, 750]))
     assert scores.shape == (2,) and torch.isfinite(scores).all()
 
@@ -279,3 +283,20 @@ def test_a_local_tokenizer_path_is_bundled_on_save(tmp_path, inputs):
     out = spm.save_pretrained(tmp_path / "o")
     assert json.loads((out / "config.json").read_text())["tokenizer"] == "tokenizer"
     assert torch.equal(load_spm(out).score(*inputs), spm.score(*inputs))
+
+
+def test_an_spm_trained_here_uses_the_reference_recipe(tmp_path):
+    """trainer.spm starts from a PickScore-style folder (CLIPImageProcessor's recipe) but trains, and
+    records, the released SPMs' recipe."""
+    from types import SimpleNamespace
+
+    from trainer.spm.train import initial_spm
+
+    clip = tiny_clip(seed=3)
+    clip.save_pretrained(tmp_path / "clipdir")
+    tokenizer_dir(tmp_path / "clipdir")  # the folder's own tokenizer/
+    assert load_spm(tmp_path / "clipdir").preprocess.method == "clip"
+    spm = initial_spm(SimpleNamespace(init=str(tmp_path / "clipdir"), step_aware=True), "sd15")
+    assert spm.preprocess.method == "spo"
+    back = load_spm(spm.save_pretrained(tmp_path / "trained"))
+    assert back.preprocess.method == "spo"

@@ -13,7 +13,10 @@ from trainer.models import load_model
 from trainer.spo.config import build_config
 from trainer.spo.rollout import spo_round
 from trainer.spo.step import adapter_disabled, transition_loss
-from trainer.spo.train import add_lora, epoch_generator, sample_epoch, train, train_on
+from trainer.spo.train import (
+    add_lora, cast_frozen, epoch_batches, even_split, frozen_dtype, sample_epoch, shared_generator, train, train_on,
+    upcast_trainable,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -208,7 +211,7 @@ def test_accelerate_two_processes_hold_identical_lora(models_dir, tmp_path):
         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "trainer.spo",
         "--model.source", str(tiny_dir(models_dir, False)), "--model.family", "sd15",
         "--scorer.source", "shapes-aesthetic", "--prompts", str(prompts), "--output_dir", str(out),
-        "--sampling.batch_size", "2", "--sampling.k", "3", "--sampling.rounds_per_epoch", "1",
+        "--sampling.batch_size", "2", "--sampling.k", "3", "--sampling.rounds_per_epoch", "0",
         "--sampling.branch_start", "15", "--sampling.threshold", "0", "--train.batch_size", "2",
         "--train.epochs", "1", "--train.lr", "1e-2", "--lora.rank", "2", "--validate_every", "5",
     ]
@@ -218,3 +221,117 @@ def test_accelerate_two_processes_hold_identical_lora(models_dir, tmp_path):
     assert len(fp) == 2 and fp[0] == fp[1]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert log[-1]["steps"] > 0  # the ranks really trained (and all-reduced) together
+    # 4 prompts, 2 per process: one sampling batch; everything both kept is gathered and split evenly
+    assert log[-1]["batches"] == 1
+    trained = log[-1]["trained_per_rank"]
+    assert trained[0] == trained[1] == log[-1]["kept_all"] // 2 > 0
+
+
+# -- the epoch as the reference runs it ----------------------------------------------------------------
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_an_epoch_visits_every_prompt_once(world):
+    s = build_config("sd15", overrides={"sampling.batch_size": 4}).sampling
+    assert s.rounds_per_epoch == 0
+    for epoch in range(2):
+        shards = [epoch_batches(23, s, seed=5, epoch=epoch, rank=r, world=world) for r in range(world)]
+        assert len({len(b) for b in shards}) == 1  # every process runs the same number of batches
+        seen = [i for b in shards for batch in b for i in batch]
+        assert sorted(seen) == list(range(23))
+        assert all(len(batch) <= 4 for b in shards for batch in b)
+    # shuffled, and differently in each epoch
+    e0, e1 = (sum(epoch_batches(23, s, 5, e, 0, 1), []) for e in (0, 1))
+    assert e0 != list(range(23)) and e0 != e1
+
+
+def test_capped_epochs_draw_without_replacement():
+    s = build_config("shapes", overrides={"sampling.batch_size": 4, "sampling.rounds_per_epoch": 2}).sampling
+    seen = [i for e in range(3) for batch in epoch_batches(12, s, 0, e, 0, 1) for i in batch]
+    assert len(seen) == 24 and sorted(seen[:12]) == list(range(12)) and sorted(seen[12:]) == list(range(12))
+
+
+def test_even_split_is_a_shared_shuffle_cut_into_equal_parts():
+    parts = [even_split(11, 3, r, shared_generator(0, 2, 0, 0)) for r in range(3)]
+    assert [len(p) for p in parts] == [3, 3, 3]
+    flat = torch.cat(parts).tolist()
+    assert len(set(flat)) == 9 and set(flat) <= set(range(11))
+
+
+def test_sampling_uses_the_weights_trained_on_the_previous_batch(models_dir, tmp_path, monkeypatch):
+    """On-policy interleaving: batch n+1 is sampled by the LoRA right after training on batch n."""
+    import trainer.spo.train as tr
+
+    src = str(tiny_dir(models_dir, False))
+    model = load_model(src, family="sd15")
+    at_sampling, after_training = [], []
+    real_round, real_train = tr.spo_round, tr.train_batch
+
+    def lora_now():
+        return torch.cat([p.detach().flatten().clone() for n, p in model.unet.named_parameters() if "lora_" in n])
+
+    def spy_round(*a, **k):
+        at_sampling.append(lora_now())
+        return real_round(*a, **k)
+
+    def spy_train(*a, **k):
+        real_train(*a, **k)
+        after_training.append(lora_now())
+
+    monkeypatch.setattr(tr, "spo_round", spy_round)
+    monkeypatch.setattr(tr, "train_batch", spy_train)
+    cfg = tiny_cfg(tmp_path / "o", **{"train.epochs": 1, "sampling.rounds_per_epoch": 0, "sampling.batch_size": 2,
+                                      "train.batch_size": 2, "validate_every": 0, "checkpoint_every": 0})
+    result = train(cfg, model=model, scorer=Brightness(), prompts=["a", "b", "c", "d", "e"])
+    assert len(at_sampling) == 3 == result["summary"]["batches"]  # 2 + 2 + a partial batch of 1
+    for n in range(2):
+        assert torch.equal(at_sampling[n + 1], after_training[n])
+        assert not torch.equal(at_sampling[n + 1], at_sampling[n])
+
+
+def test_no_clipping_by_default_for_the_reference_presets(models_dir):
+    from accelerate import Accelerator
+
+    assert build_config("sd15").train.max_grad_norm == 0 and build_config("sdxl").train.max_grad_norm == 0
+    model = load_model(tiny_dir(models_dir, False), family="sd15")
+    cfg = tiny_cfg("unused", **{"train.max_grad_norm": 0.0, "train.batch_size": 2})
+    params = add_lora(model, cfg.lora)
+    with torch.no_grad():
+        for name, p in model.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    acc = Accelerator(cpu=True)
+    opt = torch.optim.AdamW(params, lr=0.0)
+    unet, opt = acc.prepare(model.unet, opt)
+    seen, real_step = [], opt.step
+
+    def spy_step(*a, **k):
+        seen.append(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])).item())
+        return real_step(*a, **k)
+
+    opt.step = spy_step
+    data = sample_epoch(model, Brightness(), ["a", "b"], cfg, torch.Generator().manual_seed(0), False)
+    info = train_on(model, unet, acc, opt, params, data, cfg)
+    assert info["grad_norm"] > 1e-3
+    assert max(seen) == pytest.approx(info["grad_norm"], rel=1e-5)  # the optimizer saw the gradient untouched
+
+
+def test_frozen_weights_in_half_precision_lora_in_fp32(models_dir):
+    from trainer.spo.config import TrainConfig
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert frozen_dtype(TrainConfig(mixed_precision="fp16"), gpu) == torch.float16
+    assert frozen_dtype(TrainConfig(mixed_precision="bf16"), gpu) == torch.bfloat16
+    assert frozen_dtype(TrainConfig(mixed_precision="fp16"), cpu) == torch.float32  # CPU keeps fp32
+    assert frozen_dtype(TrainConfig(mixed_precision="no", frozen_dtype="bf16"), cpu) == torch.bfloat16
+    model = load_model(tiny_dir(models_dir, False), family="sd15")
+    cast_frozen(model, torch.bfloat16)
+    params = add_lora(model, tiny_cfg("unused").lora)
+    upcast_trainable(params)
+    lora = {n: p for n, p in model.unet.named_parameters() if "lora_" in n}
+    frozen = [p for n, p in model.unet.named_parameters() if "lora_" not in n]
+    assert lora and all(p.dtype == torch.float32 and p.requires_grad for p in lora.values())
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in frozen)
+    assert all(p.dtype == torch.bfloat16 for p in model.text_encoders[0].parameters())
+    x = torch.randn(1, *model.latent_shape, dtype=torch.bfloat16)
+    emb = model.encode_prompts(["a"])
+    out = model.guided_output(x, torch.tensor([500]), emb, model.uncond_embeds(1), 5.0)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()

@@ -158,11 +158,14 @@ class DiffusionModel:
         return torch.tensor([[r, r, 0, 0, r, r]], device=self.device, dtype=self.dtype).expand(batch, -1)
 
     # -- VAE ------------------------------------------------------------------------------------
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents [B, 4, h, w] -> images [B, 3, H, W] in [−1, 1] (clamped)."""
+    def decode(self, latents: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Scaled latents [B, 4, h, w] -> images [B, 3, H, W] in [−1, 1] (clamped).
+
+        clamp=False keeps the decoder's overshoot: what SPO hands its scorer, as the reference does.
+        """
         vae_dtype = next(self.vae.parameters()).dtype
         images = self.vae.decode((latents / self.vae.config.scaling_factor).to(vae_dtype)).sample
-        return images.clamp(-1, 1).to(self.dtype)
+        return (images.clamp(-1, 1) if clamp else images).to(self.dtype)
 
     def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Images [B, 3, H, W] in [−1, 1] -> scaled latents [B, 4, h, w] (a sample of the posterior)."""

@@ -176,6 +176,9 @@ def initial_spm(cfg: SPMTrainConfig, family: str | None):
     if spm.tokenizer is None:
         raise SPMError(f"--init {cfg.init}: no tokenizer found beside the CLIP model (expected a tokenizer/ folder or tokenizer files)")
     spm.get_tokenizer()  # fail now, not after the first batch
+    # Whatever it started from, an SPM trained here sees its images through the reference recipe
+    # (as the released SPMs did), and its config records that.
+    spm.preprocess = dataclasses.replace(spm.preprocess, method="spo")
     return spm.float().train().requires_grad_(True)
 
 

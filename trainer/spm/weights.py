@@ -184,9 +184,9 @@ def load_released(
     """A released `.bin` / `.safetensors` SPM. config: a CLIPConfig (default: shipped CLIP-H);
     family: default from the file name; tokenizer: CLIPTokenizer, dir or hub id (default: PickScore's)."""
     config = config if config is not None else clip_h14_config()
-    if preprocess is None:  # PickScore's normalisation, at the vision tower's own input size
+    if preprocess is None:  # PickScore's normalisation at the tower's input size, the reference's resize recipe
         shipped = clip_h14_preprocess()
-        preprocess = PreprocessConfig(config.vision_config.image_size, shipped.image_mean, shipped.image_std)
+        preprocess = PreprocessConfig(config.vision_config.image_size, shipped.image_mean, shipped.image_std, method="spo")
     state = read_state_dict(path)
     return build_from_state(
         state, config, path, device, dtype,
@@ -306,15 +306,19 @@ def spm_from_clip(
 
 
 def _processor_settings(root: Path, image_size: int) -> PreprocessConfig:
-    """Crop size, mean and std from a preprocessor_config.json when present, else OpenAI CLIP's."""
+    """Crop size, mean and std from a preprocessor_config.json when present, else OpenAI CLIP's;
+    the CLIPImageProcessor recipe."""
+    # A plain CLIP folder (PickScore-style) was trained on what CLIPImageProcessor makes of a picture.
     p = root / "preprocessor_config.json"
     if not p.is_file():
-        return PreprocessConfig(image_size=image_size)
+        return PreprocessConfig(image_size=image_size, method="clip")
     cfg = json.loads(p.read_text())
     crop = cfg.get("crop_size", image_size)
     crop = crop.get("height", image_size) if isinstance(crop, dict) else crop
     base = PreprocessConfig()
-    return PreprocessConfig(int(crop), tuple(cfg.get("image_mean", base.image_mean)), tuple(cfg.get("image_std", base.image_std)))
+    return PreprocessConfig(
+        int(crop), tuple(cfg.get("image_mean", base.image_mean)), tuple(cfg.get("image_std", base.image_std)), method="clip"
+    )
 
 
 def load_spm(

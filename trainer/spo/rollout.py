@@ -1,6 +1,8 @@
 """One SPO round: sample b trajectories, branch k candidates per step, keep scored pairs (spec §2).
 
-No gradients. UNet cost for j = 0 and a 20-step schedule branching from step index 4:
+The rules the reference fixes each have one function: the groups (`mspo_groups`), branching
+(`branch_candidates`), what is scored (`score_input`), labelling (`label_group`) and the
+continuation (`continuation_choice`); `spo_round` only sequences them. No gradients. UNet cost for j = 0 and a 20-step schedule branching from step index 4:
 4 plain steps + 1 forward at the first branched x_t + 15 scoring forwards (the last step's
 candidates are clean and need none) = 20 guided forwards, because the continued
 candidate's scoring forward IS the next step's forward.
@@ -62,16 +64,101 @@ class RoundResult:
     stats: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Group:
+    """One MSPO group: k candidates branch at step index `start` and each runs plain steps through
+    step index `end` (inclusive) before it is scored; all end − start + 1 transitions are labelled."""
+
+    start: int
+    end: int
+
+
+def mspo_groups(cfg: SamplingConfig) -> list[Group]:
+    """The branching groups of one trajectory, as the reference lays them out.
+
+    Groups of 1 + j steps start at branch_start, every 1 + j steps inside the window; a group that
+    runs past the final step is cut there. With j > 0 a group never starts at the final step: the
+    reference's MSPO loop reaches it with the running group's inner steps done and, instead of
+    branching there, ends that group with it (scored on the final sample at t = 0). So a window
+    that leaves one step over folds it into the last group; with j = 0 every step is its own group.
+    """
+    n, j = cfg.num_steps, cfg.inner_steps
+    window_end = n if cfg.branch_end < 0 else cfg.branch_end
+    groups = [Group(i, min(i + j, n - 1)) for i in range(cfg.branch_start, window_end, 1 + j)]
+    if j > 0 and len(groups) > 1 and groups[-1].start == n - 1:
+        groups = groups[:-2] + [Group(groups[-2].start, n - 1)]
+    return groups
+
+
 def branch_steps(cfg: SamplingConfig) -> list[int]:
-    """Step indices where candidates are drawn: every 1 + j steps inside the window."""
-    end = cfg.num_steps if cfg.branch_end < 0 else cfg.branch_end
-    return [i for i in range(cfg.branch_start, end, 1 + cfg.inner_steps) if i + cfg.inner_steps < cfg.num_steps]
+    """Step indices where candidates are drawn (the groups' first steps)."""
+    return [g.start for g in mspo_groups(cfg)]
 
 
 def _chunks(n: int, size: int):
     size = size or n
     for i in range(0, n, size):
         yield slice(i, min(i + size, n))
+
+
+# -- the rules of one group, one function each ------------------------------------------------------
+def branch_candidates(schedule, out: torch.Tensor, t, x: torch.Tensor, noise: torch.Tensor, num_steps: int, eta: float) -> torch.Tensor:
+    """k candidates x_s per latent from ONE guided forward: they share μ and σ, differ in noise.
+
+    out, x: Tensor[b, C, h, w] (guided output at x, timestep t); noise: Tensor[b, k, C, h, w].
+    Returns Tensor[b·k, C, h, w], candidate-major within each latent (row r·k + c).
+    """
+    mean, std, _ = ddim_mean_std(schedule, out, t, x, num_steps, eta)
+    b = x.shape[0]
+    return (mean[:, None] + std.view(b, 1, 1, 1, 1) * noise).flatten(0, 1)
+
+
+def score_input(schedule, candidates: torch.Tensor, cand_out: torch.Tensor | None, s: int):
+    """What the scorer sees for a group's candidates: (latents to decode [b·k, C, h, w], timestep).
+
+    A group that ends before the final step is scored on x̂0 predicted by the forward at its
+    candidates (timestep s = the next step's); one that ends at the final step on the candidates
+    themselves, the clean samples, at t = 0.
+    """
+    if cand_out is None:
+        return candidates, 0
+    ts = torch.full((candidates.shape[0],), int(s), device=candidates.device, dtype=torch.long)
+    x0, _ = pred_x0_and_eps(cand_out, candidates, schedule.alpha(ts), schedule.prediction_type)
+    return x0, int(s)
+
+
+def label_group(path: list[torch.Tensor], path_t: list[int], keep_rows: torch.Tensor, win: torch.Tensor, lose: torch.Tensor, k: int) -> list[Transitions]:
+    """Every transition of a kept pair's two sub-trajectories, winner's vs loser's (spec §2, MSPO).
+
+    path: [x_t repeated k, candidates, …after each inner step], each Tensor[b·k, C, h, w];
+    path_t: the timestep of each transition (len(path) − 1); keep_rows: Tensor[n] rows (latents)
+    whose pair passed the threshold; win, lose: Tensor[b] candidate index per row.
+    Only the branching transition shares its x_t between winner and loser.
+    """
+    if not len(keep_rows):
+        return []
+    w_idx = keep_rows * k + win[keep_rows].to(keep_rows.device)
+    l_idx = keep_rows * k + lose[keep_rows].to(keep_rows.device)
+    return [
+        Transitions(
+            timesteps=torch.full((len(keep_rows),), int(path_t[m]), dtype=torch.long),
+            start_win=path[m][w_idx].cpu(),
+            start_lose=path[m][l_idx].cpu(),
+            win=path[m + 1][w_idx].cpu(),
+            lose=path[m + 1][l_idx].cpu(),
+            shared=torch.full((len(keep_rows),), m == 0, dtype=torch.bool),
+            prompt_index=keep_rows.cpu(),
+        )
+        for m in range(len(path_t))
+    ]
+
+
+def continuation_choice(mode: str, win: torch.Tensor, lose: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Which candidate each trajectory continues from, Tensor[b] long: a uniform draw (the
+    reference's), or the pair's winner / loser."""
+    if mode == "random":
+        return torch.randint(0, k, (win.shape[0],), generator=generator)
+    return (win if mode == "winner" else lose).long().cpu()
 
 
 @torch.no_grad()
@@ -85,11 +172,11 @@ def spo_round(
 ) -> RoundResult:
     """Sample len(prompts) trajectories with per-step candidate branching; return the kept pairs.
 
-    scorer: any object with score(images [B,3,H,W] in [−1,1], prompts, timesteps [B]) -> [B].
+    scorer: any object with score(images [B,3,H,W] as decoded (unclamped), prompts, timesteps [B]) -> [B].
     generator: drives x_T, the candidates' noise and the continuation choice (CPU generator).
     """
     prompts = list(prompts)
-    b, k, j = len(prompts), cfg.k, cfg.inner_steps
+    b, k = len(prompts), cfg.k
     sched = model.schedule
     timesteps = sched.timesteps(cfg.num_steps).to(model.device)
     cond = model.encode_prompts(prompts)
@@ -105,11 +192,15 @@ def spo_round(
         t = torch.as_tensor(t, device=x.device).long().expand(x.shape[0])
         return torch.cat([model.guided_output(x[s], t[s], c.index(s), u.index(s), cfg.guidance_scale) for s in _chunks(x.shape[0], cfg.micro_batch)])
 
-    def score(x0, ts):
-        images = torch.cat([model.decode(x0[s]) for s in _chunks(x0.shape[0], cfg.micro_batch)])
-        if score_timestep == "zero":
-            ts = torch.zeros_like(ts)
-        return scorer.score(images, prompts_k, ts.cpu()).float().view(b, k)
+    def step(x, t, c, u, out=None):
+        out = guided(x, t, c, u) if out is None else out
+        return ddim_step(sched, out, t, x, cfg.num_steps, cfg.eta, noise=randn(x.shape)).prev_sample
+
+    def score(latents, ts: int):
+        # the decoder's overshoot is kept: the scorer's preprocessing clamps where its recipe does
+        images = torch.cat([model.decode(latents[s], clamp=False) for s in _chunks(latents.shape[0], cfg.micro_batch)])
+        t = torch.full((b * k,), 0 if score_timestep == "zero" else ts, dtype=torch.long)
+        return scorer.score(images, prompts_k, t).float().view(b, k)
 
     x = randn((b, *model.latent_shape))
     out = None  # guided UNet output at x for timestep index i; reused after a branched step
@@ -117,70 +208,40 @@ def spo_round(
     n_branch = n_kept = 0
     gaps = []
     chosen_score = float("nan")
-    branch_at = set(branch_steps(cfg))
+    groups = {g.start: g for g in mspo_groups(cfg)}
     i = 0
     while i < cfg.num_steps:
         t = timesteps[i]
-        if out is None:
-            out = guided(x, t, cond, uncond)
-        if i not in branch_at:
-            x = ddim_step(sched, out, t, x, cfg.num_steps, cfg.eta, noise=randn(x.shape)).prev_sample
-            out, i = None, i + 1
+        group = groups.get(i)
+        if group is None:  # a plain step
+            x, out, i = step(x, t, cond, uncond, out), None, i + 1
             continue
 
-        # k candidates share μ, σ of this step's one forward.
-        mean, std, _ = ddim_mean_std(sched, out, t, x, cfg.num_steps, cfg.eta)
-        noise = randn((b, k, *x.shape[1:]))
-        path = [x.repeat_interleave(k, 0), (mean[:, None] + std.view(b, 1, 1, 1, 1) * noise).flatten(0, 1)]
-        path_t = [t]
-        # MSPO: each candidate runs j plain steps before it is scored.
-        for m in range(1, j + 1):
-            tm = timesteps[i + m]
-            o = guided(path[-1], tm, cond_k, uncond_k)
-            path.append(ddim_step(sched, o, tm, path[-1], cfg.num_steps, cfg.eta, noise=randn(path[-1].shape)).prev_sample)
-            path_t.append(tm)
-        last = i + j  # index of the step whose output the candidates are
-        s = sched.prev_timestep(timesteps[last], cfg.num_steps)
+        if out is None:
+            out = guided(x, t, cond, uncond)
+        path = [x.repeat_interleave(k, 0), branch_candidates(sched, out, t, x, randn((b, k, *x.shape[1:])), cfg.num_steps, cfg.eta)]
+        path_t = [int(t)]
+        for m in range(group.start + 1, group.end + 1):  # MSPO: plain steps before the candidates are scored
+            path.append(step(path[-1], timesteps[m], cond_k, uncond_k))
+            path_t.append(int(timesteps[m]))
         cand = path[-1]
-        if s >= 0:
-            cand_out = guided(cand, s, cond_k, uncond_k)
-            ts = torch.full((b * k,), int(s), device=model.device, dtype=torch.long)
-            x0, _ = pred_x0_and_eps(cand_out, cand, sched.alpha(ts), sched.prediction_type)
-            scores = score(x0, ts)
-        else:  # the final step's candidates are clean images
-            cand_out = None
-            scores = score(cand, torch.zeros(b * k, dtype=torch.long, device=model.device))
+        s = int(sched.prev_timestep(timesteps[group.end], cfg.num_steps))
+        cand_out = guided(cand, s, cond_k, uncond_k) if s >= 0 else None
+        scores = score(*score_input(sched, cand, cand_out, s))
 
         pairs = select_pairs(scores, cfg.threshold)
         n_branch += b
         n_kept += int(pairs.keep.sum())
         gaps.append(pairs.gap)
-        rows = torch.nonzero(pairs.keep).flatten()
-        if len(rows):
-            w_idx = rows * k + pairs.win[rows].to(rows.device)
-            l_idx = rows * k + pairs.lose[rows].to(rows.device)
-            for m in range(j + 1):  # label every transition of the two sub-trajectories
-                kept.append(
-                    Transitions(
-                        timesteps=torch.full((len(rows),), int(path_t[m]), dtype=torch.long),
-                        start_win=path[m][w_idx].cpu(),
-                        start_lose=path[m][l_idx].cpu(),
-                        win=path[m + 1][w_idx].cpu(),
-                        lose=path[m + 1][l_idx].cpu(),
-                        shared=torch.full((len(rows),), m == 0, dtype=torch.bool),
-                        prompt_index=rows.cpu(),
-                    )
-                )
+        kept += label_group(path, path_t, torch.nonzero(pairs.keep).flatten().to(model.device), pairs.win, pairs.lose, k)
 
-        if cfg.continuation == "random":
-            choice = torch.randint(0, k, (b,), generator=generator).to(model.device)
-        else:
-            choice = (pairs.win if cfg.continuation == "winner" else pairs.lose).to(model.device)
-        pick = torch.arange(b, device=model.device) * k + choice
-        chosen_score = scores.flatten()[pick.cpu()].mean().item()
+        choice = continuation_choice(cfg.continuation, pairs.win, pairs.lose, k, generator)
+        pick = torch.arange(b) * k + choice
+        chosen_score = scores.flatten()[pick].mean().item()
+        pick = pick.to(model.device)
         x = cand[pick]
         out = cand_out[pick] if cand_out is not None and cfg.reuse_forward else None
-        i = last + 1
+        i = group.end + 1
 
     transitions = (
         Transitions.cat(kept, [0] * len(kept)) if kept else _empty_transitions(model.latent_shape)

@@ -1,6 +1,7 @@
-"""The SPO training loop: sample rounds, train on kept transitions, checkpoint, export.
+"""The SPO training loop: for each batch of the epoch's shuffled prompts, sample an SPO round and
+train on its kept transitions at once (on-policy, as the reference); checkpoint, export.
 
-Every epoch's randomness comes from a generator seeded by (seed, epoch, rank), so a run
+Every epoch's randomness comes from generators seeded by (seed, epoch, rank), so a run
 resumed from a checkpoint continues exactly as an uninterrupted one would.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -46,6 +47,33 @@ def add_lora(model: DiffusionModel, cfg) -> list[torch.nn.Parameter]:
     return params
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def frozen_dtype(train_cfg, device: torch.device) -> torch.dtype:
+    """The dtype the frozen weights are held in: the reference casts them to the mixed-precision
+    dtype on a GPU; on CPU (no fast half kernels) fp32."""
+    name = train_cfg.frozen_dtype
+    if name == "auto":
+        name = train_cfg.mixed_precision if device.type == "cuda" and train_cfg.mixed_precision != "no" else "fp32"
+    return DTYPES[name]
+
+
+def cast_frozen(model: DiffusionModel, dtype: torch.dtype) -> None:
+    """Frozen UNet, text encoders and VAE to `dtype` (call before add_lora). SDXL's VAE overflows
+    in fp16 (NaN images), so it stays fp32 then; DiffusionModel.decode casts at its boundary."""
+    model.unet.to(dtype)
+    for enc in model.text_encoders:
+        enc.to(dtype)
+    model.vae.to(torch.float32 if model.family.name == "sdxl" and dtype == torch.float16 else dtype)
+
+
+def upcast_trainable(params: list[torch.nn.Parameter]) -> None:
+    """LoRA weights (and so the optimizer state built on them) in fp32 over half-precision frozen layers."""
+    for p in params:
+        p.data = p.data.float()
+
+
 def lora_fingerprint(params: list[torch.nn.Parameter]) -> torch.Tensor:
     """Tensor[2] float64 summarising the LoRA weights (sum, position-weighted sum) to compare ranks."""
     flat = torch.cat([p.detach().double().flatten().cpu() for p in params])
@@ -54,6 +82,72 @@ def lora_fingerprint(params: list[torch.nn.Parameter]) -> torch.Tensor:
 
 def epoch_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 9_973 + rank * 131) % (2**63))
+
+
+def shared_generator(seed: int, *keys: int) -> torch.Generator:
+    """The same on every process: prompt shuffles and the split of gathered transitions."""
+    h = seed * 1_000_003 + 7_919
+    for k in keys:
+        h = (h * 9_973 + k + 1) % (2**63)
+    return torch.Generator().manual_seed(h)
+
+
+# -- the epoch as the reference runs it --------------------------------------------------------------
+def prompt_order(n_prompts: int, seed: int, start: int, count: int) -> torch.Tensor:
+    """Positions [start, start + count) of the stream perm_0 ++ perm_1 ++ …, where perm_p is a
+    seeded shuffle of range(n_prompts): prompts are drawn without replacement, each once per pass.
+    Returns Tensor[count] long."""
+    parts, p = [], start // n_prompts
+    offset = start - p * n_prompts
+    while sum(len(x) for x in parts) < count:
+        perm = torch.randperm(n_prompts, generator=shared_generator(seed, 1, p))
+        parts.append(perm[offset:])
+        offset, p = 0, p + 1
+    return torch.cat(parts)[:count]
+
+
+def epoch_batches(n_prompts: int, s, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """This process's prompt indices for each sampling batch of one epoch.
+
+    rounds_per_epoch = 0 (the reference): one pass over the shuffled prompt list, the last batch
+    partial; each global batch of batch_size × world prompts is cut into per-process shards (a
+    process may get fewer, or none, in the last one). rounds_per_epoch = R > 0: R full batches per
+    process, taken from the same without-replacement stream, so a pass spans several epochs.
+    """
+    global_bs = s.batch_size * world
+    if s.rounds_per_epoch == 0:
+        start, count = epoch * n_prompts, n_prompts
+    else:
+        count = s.rounds_per_epoch * global_bs
+        start = epoch * count
+    order = prompt_order(n_prompts, seed, start, count)
+    return [
+        order[g + rank * s.batch_size : min(g + (rank + 1) * s.batch_size, g + global_bs, count)].tolist()
+        for g in range(0, count, global_bs)
+    ]
+
+
+def even_split(n_total: int, world: int, rank: int, gen: torch.Generator) -> torch.Tensor:
+    """Rows of the gathered transitions this process trains on: one shared shuffle cut into `world`
+    equal parts (the n_total mod world left over are dropped), as the reference splits them.
+    gen must be in the same state on every process. Returns Tensor[n_total // world] long."""
+    perm = torch.randperm(n_total, generator=gen)
+    q = n_total // world
+    return perm[rank * q : (rank + 1) * q]
+
+
+def gather_transitions(accelerator, transitions: Transitions, prompts: list[str]) -> tuple[Transitions, list[str]]:
+    """Every process's kept transitions and prompts, concatenated in rank order (the same on all)."""
+    if accelerator.num_processes == 1:
+        return transitions, prompts
+    from accelerate.utils import gather_object
+
+    parts = gather_object([(transitions, prompts)])
+    offsets, all_prompts = [], []
+    for _, p in parts:
+        offsets.append(len(all_prompts))
+        all_prompts += p
+    return Transitions.cat([t for t, _ in parts], offsets), all_prompts
 
 
 @dataclass
@@ -65,11 +159,15 @@ class EpochData:
 
 
 def sample_epoch(model, scorer, prompts, cfg: SPOConfig, gen: torch.Generator, show: bool) -> EpochData:
-    """cfg.sampling.rounds_per_epoch SPO rounds on prompts drawn uniformly with `gen`."""
+    """cfg.sampling.rounds_per_epoch SPO rounds with frozen weights on prompts drawn uniformly with `gen`.
+
+    Not how `train` runs an epoch (it samples and trains batch by batch); kept for the benches
+    that only study what the scorer labels.
+    """
     s = cfg.sampling
     parts, conds, offsets, stats = [], [], [], []
     n_prompts = 0
-    for _ in tqdm(range(s.rounds_per_epoch), desc="sampling", disable=not show, leave=False):
+    for _ in tqdm(range(max(s.rounds_per_epoch, 1)), desc="sampling", disable=not show, leave=False):
         idx = torch.randint(0, len(prompts), (s.batch_size,), generator=gen)
         result = spo_round(model, scorer, [prompts[i] for i in idx], s, gen, cfg.scorer.score_timestep)
         parts.append(result.transitions)
@@ -87,42 +185,129 @@ def sample_epoch(model, scorer, prompts, cfg: SPOConfig, gen: torch.Generator, s
     return EpochData(Transitions.cat(parts, offsets), cond, model.uncond_embeds(n_prompts), merged)
 
 
-def train_on(model, unet_for_grad, accelerator, optimizer, params, data: EpochData, cfg: SPOConfig, gen, show) -> dict:
-    """One pass over the epoch's transitions in shuffled micro-batches; returns mean loss info.
+@dataclass
+class TrainState:
+    """Optimizer bookkeeping across sampling batches: gradient accumulation runs on over batch
+    boundaries (as accelerate's does in the reference), so a short batch's micro-batches count."""
 
-    Every process runs the same number of optimizer steps (the smallest count over ranks),
-    since DDP needs all ranks in every gradient all-reduce.
-    """
+    micro: int = 0
+    """micro-batches accumulated since the last optimizer step"""
+    steps: int = 0
+    trained: int = 0
+    """transitions trained on (this process)"""
+    losses: list = field(default_factory=list)
+    margins: list = field(default_factory=list)
+    norms: list = field(default_factory=list)
+
+    def summary(self) -> dict:
+        mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
+        return {
+            "loss": mean(self.losses), "steps": self.steps, "trained": self.trained,
+            "grad_norm": max(self.norms) if self.norms else float("nan"),
+            "grad_norm_median": sorted(self.norms)[len(self.norms) // 2] if self.norms else float("nan"),
+            "margin": mean(self.margins),
+        }
+
+
+def optimizer_step(accelerator, optimizer, params, max_grad_norm: float, state: TrainState) -> None:
+    """Clip (when max_grad_norm > 0) and step. The pre-clip norm is logged either way."""
+    limit = max_grad_norm if max_grad_norm > 0 else float("inf")
+    state.norms.append(float(accelerator.clip_grad_norm_(params, limit)))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    state.micro = 0
+    state.steps += 1
+
+
+def flush(accelerator, optimizer, params, cfg: SPOConfig, state: TrainState) -> None:
+    """Step on micro-batches still accumulated at the end of an epoch (their gradients were kept
+    local by no_sync, so average them across processes first)."""
+    if state.micro == 0:
+        return
+    if accelerator.num_processes > 1:
+        for p in params:
+            if p.grad is not None:
+                p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
+    optimizer_step(accelerator, optimizer, params, cfg.train.max_grad_norm, state)
+
+
+def train_batch(model, unet_for_grad, accelerator, optimizer, params, data: EpochData, cfg: SPOConfig, state: TrainState) -> None:
+    """Train on all of `data`'s transitions in order, train.batch_size at a time (the last batch
+    may be smaller), stepping every grad_accum micro-batches. Every process holds the same
+    number of transitions (even_split), so DDP's all-reduces line up."""
     t = cfg.train
     n = len(data.transitions)
-    counts = accelerator.gather(torch.tensor([n], device=accelerator.device))
-    n_common = int(counts.min())
-    micro = n_common // t.batch_size
-    steps = micro // t.grad_accum
-    if steps == 0:
-        return {"loss": float("nan"), "steps": 0, "grad_norm": float("nan")}
-    perm = torch.randperm(n, generator=gen)[: steps * t.grad_accum * t.batch_size]
-    losses, norms, margins = [], [], []
     unet_for_grad.train()
-    for step in tqdm(range(steps), desc="training", disable=not show, leave=False):
-        for a in range(t.grad_accum):
-            rows = perm[(step * t.grad_accum + a) * t.batch_size : (step * t.grad_accum + a + 1) * t.batch_size]
-            batch = data.transitions.index(rows)
-            sync = a == t.grad_accum - 1
-            ctx = accelerator.no_sync(unet_for_grad) if not sync else nullcontext()
-            with ctx, accelerator.autocast():
-                loss, info = transition_loss(
-                    model, unet_for_grad, batch, data.cond, data.uncond,
-                    cfg.sampling.num_steps, cfg.sampling.guidance_scale, cfg.sampling.eta, t.beta, t.clip_eps,
-                )
-                accelerator.backward(loss / t.grad_accum)
-            losses.append(float(loss.detach()))
-            margins.append(float(info["reward_margin"]))
-        norms.append(float(accelerator.clip_grad_norm_(params, t.max_grad_norm)))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    for lo in range(0, n, t.batch_size):
+        batch = data.transitions.index(torch.arange(lo, min(lo + t.batch_size, n)))
+        sync = (state.micro + 1) % t.grad_accum == 0
+        ctx = accelerator.no_sync(unet_for_grad) if not sync else nullcontext()
+        with ctx, accelerator.autocast():
+            loss, info = transition_loss(
+                model, unet_for_grad, batch, data.cond, data.uncond,
+                cfg.sampling.num_steps, cfg.sampling.guidance_scale, cfg.sampling.eta, t.beta, t.clip_eps,
+            )
+            accelerator.backward(loss / t.grad_accum)
+        state.micro += 1
+        state.trained += len(batch)
+        state.losses.append(float(loss.detach()))
+        state.margins.append(float(info["reward_margin"]))
+        if sync:
+            optimizer_step(accelerator, optimizer, params, t.max_grad_norm, state)
     unet_for_grad.eval()
-    return {"loss": sum(losses) / len(losses), "steps": steps, "grad_norm": max(norms), "margin": sum(margins) / len(margins)}
+
+
+def train_on(model, unet_for_grad, accelerator, optimizer, params, data: EpochData, cfg: SPOConfig, gen=None, show=False) -> dict:
+    """Train on one set of transitions (all of them, partial batches included) and step on what is
+    left accumulated; returns the mean loss info. `gen` and `show` are accepted for old callers."""
+    state = TrainState()
+    train_batch(model, unet_for_grad, accelerator, optimizer, params, data, cfg, state)
+    flush(accelerator, optimizer, params, cfg, state)
+    return state.summary()
+
+
+def run_epoch(model, scorer, prompts, unet_for_grad, accelerator, optimizer, params, cfg: SPOConfig, epoch: int, show: bool) -> dict:
+    """One epoch as the reference runs it: for each sampling batch of this epoch's shuffled prompts,
+    sample with the current weights, gather every process's kept transitions, split them evenly
+    and train on them at once, so the next batch is sampled by the updated model (on-policy)."""
+    s = cfg.sampling
+    rank, world = accelerator.process_index, accelerator.num_processes
+    gen = epoch_generator(cfg.seed, epoch, rank)
+    batches = epoch_batches(len(prompts), s, cfg.seed, epoch, rank, world)
+    state = TrainState()
+    stats = {"branched": 0, "kept": 0, "rewards": [], "kept_all": 0}
+    for b, idx in enumerate(tqdm(batches, desc="batches", disable=not show, leave=False)):
+        model.unet.eval()
+        batch_prompts = [prompts[i] for i in idx]
+        if batch_prompts:
+            result = spo_round(model, scorer, batch_prompts, s, gen, cfg.scorer.score_timestep)
+            transitions, stats_b = result.transitions, result.stats
+            stats["branched"] += stats_b["branched"]
+            stats["kept"] += stats_b["kept"]
+            stats["rewards"].append(stats_b["final_score"])
+        else:  # a short last batch left this process without prompts; it still trains its share
+            transitions = _no_transitions(model)
+        everything, all_prompts = gather_transitions(accelerator, transitions, batch_prompts)
+        stats["kept_all"] += len(everything)
+        if len(everything) < world:
+            continue
+        rows = even_split(len(everything), world, rank, shared_generator(cfg.seed, 2, epoch, b))
+        mine = everything.index(rows)
+        cond = model.encode_prompts(all_prompts) if world > 1 else result.embeds
+        data = EpochData(mine, cond, model.uncond_embeds(len(all_prompts)), {})
+        train_batch(model, unet_for_grad, accelerator, optimizer, params, data, cfg, state)
+    flush(accelerator, optimizer, params, cfg, state)
+    rewards = stats.pop("rewards")
+    stats["reward"] = sum(rewards) / len(rewards) if rewards else float("nan")
+    stats["tie_rate"] = 1 - stats["kept"] / max(stats["branched"], 1)
+    stats["batches"] = len(batches)
+    return {**stats, **state.summary()}
+
+
+def _no_transitions(model) -> Transitions:
+    from .rollout import _empty_transitions
+
+    return _empty_transitions(model.latent_shape)
 
 
 # -- checkpoints (trainer.spo.rundir holds the folder rules) -------------------------------------------
@@ -221,8 +406,12 @@ def _train(cfg: SPOConfig, out: Path, model, scorer, prompts) -> dict:
     prompts = prompts if prompts is not None else resolve_prompts(cfg)
     model = model if model is not None else resolve_model(cfg, device=accelerator.device)
     scorer = scorer if scorer is not None else resolve_scorer(cfg, device=accelerator.device)
+    dtype = frozen_dtype(cfg.train, accelerator.device)
+    if dtype != model.dtype:
+        cast_frozen(model, dtype)
     torch.manual_seed(cfg.seed)  # LoRA init: the same on every rank
     params = add_lora(model, cfg.lora)
+    upcast_trainable(params)
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     unet_for_grad, optimizer = accelerator.prepare(model.unet, optimizer)
 
@@ -242,20 +431,19 @@ def _train(cfg: SPOConfig, out: Path, model, scorer, prompts) -> dict:
     summary = {}
     for epoch in range(start, cfg.train.epochs):
         t0 = time.time()
-        gen = epoch_generator(cfg.seed, epoch, accelerator.process_index)
-        model.unet.eval()
-        data = sample_epoch(model, scorer, prompts, cfg, gen, show)
-        info = train_on(model, unet_for_grad, accelerator, optimizer, params, data, cfg, gen, show)
-        summary = {"epoch": epoch, **data.stats, **info, "seconds": round(time.time() - t0, 1)}
+        info = run_epoch(model, scorer, prompts, unet_for_grad, accelerator, optimizer, params, cfg, epoch, show)
+        # what each process trained on: equal shares of everything kept (written for multi-process runs)
+        info["trained_per_rank"] = [int(x) for x in accelerator.gather(torch.tensor([info["trained"]], device=accelerator.device)).cpu()]
+        summary = {"epoch": epoch, **info, "seconds": round(time.time() - t0, 1)}
         if show:
             print(
-                f"epoch {epoch + 1}/{cfg.train.epochs}: pairs kept {data.stats['kept']}/{data.stats['branched']} "
-                f"(tie rate {data.stats['tie_rate']:.2f}), loss {info['loss']:.4f}, reward {data.stats['reward']:.3f}, "
+                f"epoch {epoch + 1}/{cfg.train.epochs}: pairs kept {info['kept']}/{info['branched']} "
+                f"(tie rate {info['tie_rate']:.2f}), loss {info['loss']:.4f}, reward {info['reward']:.3f}, "
                 f"{info['steps']} steps, {summary['seconds']}s"
             )
         if writer is not None:
             for key, value in summary.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     writer.add_scalar(f"spo/{key}", value, epoch)
             rundir.append_log(out, summary)
         if accelerator.is_main_process and cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0:
