@@ -10,6 +10,7 @@ ensure_library()  # `spo_studio` = this checkout's trainer/, registered without 
 from .host import register_model_folders
 from .lora_node import SPOLoraLoader
 from .sampler_node import SPOSampler
+from .scorer_nodes import LoadScorer
 from .spm_nodes import LoadSPM, StepAwareScore
 
 NODE_CLASS_MAPPINGS = {
@@ -17,12 +18,14 @@ NODE_CLASS_MAPPINGS = {
     "SPOStepAwareScore": StepAwareScore,
     "SPOSampler": SPOSampler,
     "SPOLoraLoader": SPOLoraLoader,
+    "SPOLoadScorer": LoadScorer,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "SPOLoadSPM": "Load SPM (step-aware preference model)",
     "SPOStepAwareScore": "StepAwareScore (best-of-k)",
     "SPOSampler": "SPOSampler",
     "SPOLoraLoader": "SPO LoRA Loader",
+    "SPOLoadScorer": "Load Scorer (HPSv2, ImageReward, PickScore, aesthetic, CLIPScore)",
 }
 
 register_model_folders()

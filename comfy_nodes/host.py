@@ -9,7 +9,7 @@ import torch
 from .errors import NodeInputError
 
 SPM_FOLDER = "spo"
-SPM_EXTENSIONS = {".bin", ".safetensors"}
+SPM_EXTENSIONS = {".bin", ".safetensors", ".pt", ".pth"}  # .pt/.pth: HPSv2, ImageReward, aesthetic (Load Scorer)
 
 
 def register_model_folders() -> None:

@@ -436,7 +436,7 @@ def test_ui_workflows_match_their_api_twins_under_the_real_node_definitions(comf
 
 def test_pack_loads_the_way_comfyui_loads_it(comfy_run, assets):
     assert comfy_run["pack_loaded"]
-    assert comfy_run["node_types"] == ["SPOLoadSPM", "SPOLoraLoader", "SPOSampler", "SPOStepAwareScore"]
+    assert comfy_run["node_types"] == ["SPOLoadSPM", "SPOLoadScorer", "SPOLoraLoader", "SPOSampler", "SPOStepAwareScore"]
     assert assets["spm"] in comfy_run["spm_files"]
 
 

@@ -146,7 +146,7 @@ def test_pack_import_is_light_and_works_without_comfyui():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["4", "[]"]
+    assert out.stdout.split() == ["5", "[]"]
 
 
 def test_every_node_is_in_the_category_with_tooltips_on_every_input(comfy):
@@ -208,6 +208,62 @@ def test_load_spm_bad_files_are_one_line(comfy, content, needle):
     with pytest.raises(NodeInputError) as e:
         comfy["nodes"].LoadSPM().load("broken.safetensors", "fp32")
     assert needle in str(e.value) and "\n" not in str(e.value) and str(e.value).startswith("Load SPM")
+
+
+# ====================================================================== Load Scorer
+
+
+@pytest.fixture
+def tiny_released_sizes(monkeypatch):
+    """The released-size defaults of HPSv2 / ImageReward replaced by the tiny test sizes (the loaders
+    themselves are checked at those sizes in tests/test_scorers.py)."""
+    import trainer.scorers.hpsv2 as hpsv2
+    import trainer.scorers.imagereward as imagereward
+    from scorer_fixtures import tiny_imagereward_config, tiny_openclip_config
+
+    monkeypatch.setattr(hpsv2, "vit_h14_config", tiny_openclip_config)
+    monkeypatch.setattr(imagereward, "default_config", tiny_imagereward_config)
+
+
+@pytest.mark.parametrize("kind, make, name", [
+    ("hpsv2", "save_tiny_hpsv2", "hps/HPS_v2_compressed.pt"),
+    ("imagereward", "save_tiny_imagereward", "ir/ImageReward.pt"),
+])
+def test_load_scorer_feeds_step_aware_score_best_of_k(comfy, tiny_released_sizes, kind, make, name):
+    import scorer_fixtures
+    from trainer.scorers import ScorerSpec, load_scorer
+
+    getattr(scorer_fixtures, make)(comfy["models"] / "spo" / name.split("/")[0])
+    assert name in comfy["nodes"].LoadScorer.INPUT_TYPES()["required"]["scorer_name"][0]
+    scorer = comfy["nodes"].LoadScorer().load(kind, name, "fp32")[0]
+    images = images_batch(5)
+    out = comfy["nodes"].StepAwareScore().score(images, scorer, PROMPT, 0, 2)
+    sorted_images, scores, top = out["result"]
+    direct = load_scorer(ScorerSpec(kind, kind, str(comfy["models"] / "spo" / name)))
+    want = direct.score(images.movedim(-1, 1) * 2 - 1, [PROMPT] * 5, None)
+    order = torch.argsort(want, descending=True)
+    assert scores == pytest.approx(want[order].tolist(), abs=1e-5)
+    assert torch.equal(top, images[order[:2]])
+
+
+def test_load_scorer_hpsv2_without_a_tokenizer_uses_comfyuis_clip_tokenizer(comfy, tiny_released_sizes):
+    from scorer_fixtures import save_tiny_hpsv2
+
+    folder = comfy["models"] / "spo" / "hps"
+    save_tiny_hpsv2(folder)
+    shutil.rmtree(folder / "tokenizer")
+    scorer = comfy["nodes"].LoadScorer().load("hpsv2", "hps/HPS_v2_compressed.pt", "fp32")[0]
+    assert Path(scorer.model.get_tokenizer().name_or_path) == comfy["standin"] / "comfy" / "sd1_tokenizer"
+
+
+def test_load_scorer_bad_file_is_one_line(comfy):
+    from comfy_nodes.errors import NodeInputError
+
+    torch.save({"state_dict": {"visual.proj": torch.zeros(2, 2)}}, comfy["models"] / "spo" / "HPS_v2_compressed.pt")
+    with pytest.raises(NodeInputError) as e:
+        comfy["nodes"].LoadScorer().load("hpsv2", "HPS_v2_compressed.pt", "fp32")
+    msg = str(e.value)
+    assert msg.startswith("Load Scorer (hpsv2") and "missing" in msg and "\n" not in msg
 
 
 # ====================================================================== StepAwareScore

@@ -241,7 +241,7 @@ def test_pip_installs_only_spo_studio_beside_the_real_trainer(pip_env):
 
 
 @needs_pip
-@pytest.mark.parametrize("command,needle", [("spo-train", "--train.lr"), ("spo-lora", "usage:"), ("spo-spm", "usage:")])
+@pytest.mark.parametrize("command,needle", [("spo-train", "--train.lr"), ("spo-lora", "usage:"), ("spo-spm", "usage:"), ("spo-eval", "--scorers")])
 def test_console_commands_run_from_the_installed_package(pip_env, command, needle):
     out = subprocess.run([str(pip_env["scripts"] / command), "--help"], capture_output=True, text=True, cwd="/", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -119,3 +119,39 @@ def test_real_spm_sdxl_family_is_refused_on_sd15(tmp_path, tiny_spm_dir):
     assert "is for SDXL but the loaded checkpoint is SD-1.5" in res.comments
     params = infotext_utils.parse_generation_parameters(res.infotexts[0])
     assert "SPO score" not in params and "is for SDXL" in params["SPO skipped"]
+
+
+# ------------------------------------------------------------------ released scorers (tiny, released layouts)
+
+
+@pytest.mark.parametrize("kind, make, name", [
+    ("hpsv2", "save_tiny_hpsv2", "hps/HPS_v2_compressed.pt"),
+    ("imagereward", "save_tiny_imagereward", "ir/ImageReward.pt"),
+])
+def test_scorer_tab_ranks_with_hpsv2_and_imagereward(tmp_path, monkeypatch, kind, make, name):
+    import scorer_fixtures
+    import trainer.scorers.hpsv2 as hpsv2
+    import trainer.scorers.imagereward as imagereward
+    from trainer.scorers import ScorerSpec, load_scorer
+
+    from webui_extension.scorer_tab import pil_to_tensor
+
+    monkeypatch.setattr(hpsv2, "vit_h14_config", scorer_fixtures.tiny_openclip_config)  # tiny sizes, real layout
+    monkeypatch.setattr(imagereward, "default_config", scorer_fixtures.tiny_imagereward_config)
+    H.setup_webui(tmp_path)
+    path = getattr(scorer_fixtures, make)(tmp_path / "models" / "spo" / name.split("/")[0])
+    files = write_images(tmp_path, [10, 200, 90, 40])
+    gallery, rows, message = scorer_button(tmp_path)(files, "a red square", name, 0, kind)
+    assert message.startswith("Scored 4 image(s)"), message
+    direct = load_scorer(ScorerSpec(kind, kind, str(path)))
+    want = {f"img{i}.png": float(direct.score(pil_to_tensor(Image.open(f)), ["a red square"], None)[0]) for i, f in enumerate(files)}
+    assert [r[1] for r in rows] == sorted(want, key=lambda n: -want[n])
+    assert [r[2] for r in rows] == pytest.approx(sorted(want.values(), reverse=True), abs=1e-4)
+
+
+def test_scorer_tab_unloadable_scorer_is_a_message(tmp_path):
+    H.setup_webui(tmp_path)
+    (tmp_path / "models" / "spo" / "ImageReward.pt").write_bytes(b"junk")
+    files = write_images(tmp_path, [1])
+    gallery, rows, text = scorer_button(tmp_path)(files, "p", "ImageReward.pt", 0, "imagereward")
+    assert gallery == [] and rows == [] and "ImageReward.pt" in text and "\n" not in text

@@ -1,4 +1,5 @@
-"""The "SPO Scorer" tab: drop images, enter a prompt, see them ranked by the SPM.
+"""The "SPO Scorer" tab: drop images, enter a prompt, see them ranked by the SPM or by a released
+scorer (HPSv2, ImageReward, PickScore, LAION aesthetic, CLIPScore; trainer.scorers), from the SPM folder.
 
 `rank_images` is the tab's logic (no UI); `create_tab` builds the gradio tab for
 `script_callbacks.on_ui_tabs`.
@@ -14,7 +15,28 @@ from PIL import Image
 
 from .guided import score_images
 from .prompt_text import plain_prompt
-from .spm_files import SPMUnavailable
+from .spm_files import SPMCache, SPMUnavailable
+
+SCORER_KINDS = ("spm", "hpsv2", "imagereward", "pickscore", "aesthetic", "clipscore")
+_CACHES: dict[str, SPMCache] = {}  # one loaded model per kind
+
+
+def load_scorer(kind: str, path: str, device=None, dtype=None):
+    """A trainer.scorers scorer of `kind` from `path` in the SPM folder, loaded once (reloaded when the file
+    changes). A file inside a CLIP folder (PickScore, CLIPScore) stands for the folder; tokenizers and the
+    aesthetic MLP's CLIP come from beside the checkpoint (tokenizer/, clip/)."""
+
+    def load(p: str):
+        from spo_studio.scorers import ScorerSpec, load_scorer as load_any
+
+        folder = os.path.dirname(p)
+        if kind in ("pickscore", "clipscore") and os.path.isfile(p) and os.path.isfile(os.path.join(folder, "config.json")):
+            p = folder
+        return load_any(ScorerSpec(kind, kind, p), device=device or "cpu", dtype=dtype or torch.float32)
+
+    if kind not in _CACHES:
+        _CACHES[kind] = SPMCache(loader=load)
+    return _CACHES[kind].get(path).model
 
 
 @dataclass(frozen=True)
@@ -70,8 +92,9 @@ def score_uploads(files, prompt: str, spm_name: str, timestep: float, load_spm):
     return gallery, rows, f"Scored {len(rows)} image(s) with {spm_name}."
 
 
-def create_tab(list_spms, load_spm):
-    """The gradio tab; list_spms() -> names, load_spm(name) -> SPM. Returns on_ui_tabs' list."""
+def create_tab(list_spms, load_spm, load_other=None):
+    """The gradio tab; list_spms() -> names, load_spm(name) -> SPM, load_other(kind, name) -> a scorer of
+    another kind (None: the SPM only). Returns on_ui_tabs' list."""
     import gradio as gr
 
     with gr.Blocks(analytics_enabled=False) as tab:
@@ -85,6 +108,8 @@ def create_tab(list_spms, load_spm):
                                       label="Step-aware preference model",
                                       allow_custom_value=True)
                     refresh = gr.Button("\U0001f504", scale=0)
+                kind = gr.Dropdown(list(SCORER_KINDS) if load_other else ["spm"], value="spm", label="Scorer",
+                                   info="spm: the file is an SPM; else the file is that scorer's checkpoint")
                 timestep = gr.Slider(0, 999, value=0, step=1, label="Timestep (0 = finished image)")
                 run = gr.Button("Score", variant="primary")
             with gr.Column():
@@ -93,9 +118,12 @@ def create_tab(list_spms, load_spm):
                                      interactive=False)
                 gallery = gr.Gallery(label="Ranked", columns=4)
         refresh.click(fn=lambda: gr.update(choices=list_spms()), inputs=[], outputs=[spm])
+        def loader(k):
+            return load_spm if k == "spm" or load_other is None else (lambda name: load_other(k, name))
+
         run.click(
-            fn=lambda f, pr, s, t: score_uploads(f, pr, s, t, load_spm),
-            inputs=[files, prompt, spm, timestep],
+            fn=lambda f, pr, s, t, k="spm": score_uploads(f, pr, s, t, loader(k)),
+            inputs=[files, prompt, spm, timestep, kind],
             outputs=[gallery, table, message],
         )
     return [(tab, "SPO Scorer", "spo_scorer")]

@@ -102,7 +102,12 @@ def register_callbacks() -> None:
     """Add the "SPO Scorer" tab. Called by the scripts/ entry file each time A1111 loads it
     (A1111 clears all callbacks before re-running scripts on "Reload UI")."""
     script_callbacks.on_ui_tabs(
-        lambda: scorer_tab.create_tab(lambda: list_spm_files(spm_dir()), lambda name: load_spm_by_name(name).model)
+        lambda: scorer_tab.create_tab(
+            lambda: list_spm_files(spm_dir()), lambda name: load_spm_by_name(name).model,
+            lambda kind, name: scorer_tab.load_scorer(
+                kind, resolve_spm(spm_dir(), name), devices.device,
+                devices.dtype if devices.device.type == "cuda" else torch.float32),
+        )
     )
 
 
