@@ -22,9 +22,14 @@ def one_line(node: str, err: BaseException | str) -> NodeInputError:
 
 
 def check_spm(node: str, spm) -> None:
-    """The `spm` input is a loaded preference model (API callers can wire anything)."""
-    if not (callable(getattr(spm, "score", None)) and hasattr(spm, "model")):
-        raise NodeInputError(f"{node}: the spm input is not a preference model; connect the output of Load SPM")
+    """The `spm` input is a loaded scorer (API callers can wire anything).
+
+    Load SPM and Load Scorer both give an object with `score(images, prompts, timesteps)`; that call
+    is all the nodes use, so it is all that is checked.
+    """
+    if not callable(getattr(spm, "score", None)):
+        raise NodeInputError(
+            f"{node}: the spm input is not a preference model; connect the output of Load SPM or Load Scorer")
 
 
 # import name -> pip name, where they differ (requirements.txt lists pip names)
