@@ -58,18 +58,26 @@ def check_keys(
     def ignored(k: str) -> bool:
         return any(k == i or (i.endswith(".") and k.startswith(i)) for i in ignorable)
 
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected and not ignored(k)]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        raise ScorerError(f"{path}: not a {what} checkpoint in the released layout: {'; '.join(parts)}")
+    mismatch = key_mismatch(expected, [k for k in state if not ignored(k)])
+    if mismatch:
+        raise ScorerError(f"{path}: not a {what} checkpoint in the released layout: {mismatch}")
     for k, shape in expected.items():
         if tuple(state[k].shape) != tuple(shape):
             raise ScorerError(f"{path}: {k} has shape {tuple(state[k].shape)}, expected {tuple(shape)} (another model size?)")
+
+
+def key_mismatch(expected: Iterable[str], found: Iterable[str]) -> str:
+    """'' when the two key sets agree, else e.g. '2 missing (e.g. a.b); 1 unexpected (e.g. c)'."""
+    expected, found = list(expected), list(found)
+    wanted, have = set(expected), set(found)
+    missing = [k for k in expected if k not in have]
+    unexpected = [k for k in found if k not in wanted]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    return "; ".join(parts)
 
 
 def find_tokenizer(start: Path, given: str, files: tuple[str, ...], what: str, flag: str) -> str:

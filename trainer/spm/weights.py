@@ -27,6 +27,7 @@ import torch
 
 from ..atomic import atomic_path, write_text
 from ..families import family_from_spm_filename
+from ..scorers.files import key_mismatch
 from .errors import SPMError
 from .model import StepAwarePreferenceModel
 from .preprocess import PreprocessConfig
@@ -131,15 +132,9 @@ def check_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module, pat
             state[key] = torch.arange(expected[key].numel()).reshape(expected[key].shape)
     if not any(k.startswith("model.") for k in state):
         raise SPMError(f"{path}: no 'model.*' keys; not an SPM checkpoint in the released layout")
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        raise SPMError(f"{path}: keys do not match this SPM architecture: {'; '.join(parts)}")
+    mismatch = key_mismatch(expected, state)
+    if mismatch:
+        raise SPMError(f"{path}: keys do not match this SPM architecture: {mismatch}")
     for k, v in expected.items():
         if tuple(state[k].shape) != tuple(v.shape):
             raise SPMError(f"{path}: {k} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)} (a different CLIP size?)")
