@@ -134,6 +134,23 @@ def tiny_text_encoder(hidden: int = 32, projection: bool = False, seed: int = 0)
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
 
 
+def tiny_clip_config(image_size: int = 32, mlp_ratio: int = 2):
+    """The CLIPConfig of the tiny CLIPs under the SPM and scorer tests: text width 32 (context 16, this
+    module's tokenizer vocab), vision width 40 (patch 8), 2 heads and 2 layers each, projection 24,
+    exact GELU; text and vision widths differ, as in CLIP-H. mlp_ratio: MLP width over model width."""
+    from transformers import CLIPConfig
+
+    v = vocab_size()
+    return CLIPConfig(
+        text_config=dict(vocab_size=v, hidden_size=32, intermediate_size=32 * mlp_ratio, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, hidden_act="gelu", projection_dim=24,
+                         bos_token_id=v - 2, eos_token_id=v - 1, pad_token_id=v - 1),
+        vision_config=dict(hidden_size=40, intermediate_size=40 * mlp_ratio, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=8, hidden_act="gelu", projection_dim=24),
+        projection_dim=24,
+    )
+
+
 def save_tiny_pipeline(root: Path, sdxl: bool = False, seed: int = 0) -> Path:
     """Write a tiny pipeline directory in the diffusers layout of SD-1.5 (or SDXL) and return it."""
     root = Path(root)
