@@ -67,35 +67,27 @@ def tiny_unet(sdxl: bool = False, seed: int = 0):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
-    if sdxl:
+    common = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+                  norm_num_groups=8)
+    if sdxl:  # SDXL in miniature: no attention in the first block, deeper transformer stacks, text_time embeds
         return UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(16, 32),
-            layers_per_block=1,
+            **common,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             transformer_layers_per_block=(1, 2),
             attention_head_dim=(2, 4),
             cross_attention_dim=64,
-            norm_num_groups=8,
             use_linear_projection=True,
             addition_embed_type="text_time",
             addition_time_embed_dim=8,
             projection_class_embeddings_input_dim=32 + 6 * 8,
         )
     return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
+        **common,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         attention_head_dim=4,
         cross_attention_dim=32,
-        norm_num_groups=8,
     )
 
 
