@@ -88,7 +88,7 @@ def run_variant(name: str, seed: int, budget: int, eval_seeds: int, threads: int
     from trainer.spo.report import evaluate_shapes
     from trainer.spo.sources import resolve_model, resolve_prompts, resolve_scorer
     from trainer.spo.step import adapter_disabled
-    from trainer.spo.train import EpochData, add_lora, epoch_generator, run_epoch, train_on
+    from trainer.spo.train import EpochData, add_lora, epoch_batches, epoch_generator, run_epoch, train_on
     from trainer.shapes import heldout_captions
 
     torch.set_num_threads(threads)
@@ -109,16 +109,11 @@ def run_variant(name: str, seed: int, budget: int, eval_seeds: int, threads: int
         epoch, kept, branched = 0, 0, 0
         while counter.rows < budget:
             gen = epoch_generator(seed, epoch, 0)
-            if name == "traj-dpo":
-                parts, conds, offs, n = [], [], [], 0
-                for _ in range(cfg.sampling.rounds_per_epoch):
-                    idx = torch.randint(0, len(prompts), (cfg.sampling.batch_size,), generator=gen)
+            if name == "traj-dpo":  # the trainer's epoch too: its prompts, each batch trained on right after sampling
+                for idx in epoch_batches(len(prompts), cfg.sampling, seed, epoch, 0, 1):
                     tr, cond, st = trajectory_round(model, scorer, [prompts[i] for i in idx], cfg, gen)
-                    parts.append(tr), conds.append(cond), offs.append(n)
-                    n += len(idx)
                     kept, branched = kept + st["kept"], branched + st["branched"]
-                data = EpochData(Transitions.cat(parts, offs), PromptEmbeds.cat(conds), model.uncond_embeds(n), {})
-                train_on(model, counter, acc, opt, params, data, cfg, gen, show=False)
+                    train_on(model, counter, acc, opt, params, EpochData(tr, cond, model.uncond_embeds(len(idx)), {}), cfg)
             else:  # SPO exactly as the trainer runs an epoch: each batch trained on right after sampling
                 info = run_epoch(model, agreement, prompts, counter, acc, opt, params, cfg, epoch, show=False)
                 kept, branched = kept + info["kept"], branched + info["branched"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tiny_models import vocab_size, write_tokenizer
+from tiny_models import tiny_clip_config, vocab_size, write_tokenizer
 
 
 def seeded_state(shapes: dict[str, tuple[int, ...]], seed: int, std: float = 0.1) -> dict[str, torch.Tensor]:
@@ -30,17 +30,7 @@ def seeded_state(shapes: dict[str, tuple[int, ...]], seed: int, std: float = 0.1
 def tiny_openclip_config():
     """CLIPConfig matching OpenCLIP with embed_dim 24, vision (32 px, patch 8, width 40, 2 layers, head_width 20),
     text (context 16, width 32, 2 heads, 2 layers), mlp_ratio 4, exact GELU."""
-    from transformers import CLIPConfig
-
-    v = vocab_size()
-    return CLIPConfig(
-        text_config=dict(vocab_size=v, hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                         max_position_embeddings=16, hidden_act="gelu", projection_dim=24,
-                         bos_token_id=v - 2, eos_token_id=v - 1, pad_token_id=v - 1),
-        vision_config=dict(hidden_size=40, intermediate_size=160, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8, hidden_act="gelu", projection_dim=24),
-        projection_dim=24,
-    )
+    return tiny_clip_config(image_size=32, mlp_ratio=4)
 
 
 def tiny_openclip_state(seed: int = 0) -> dict[str, torch.Tensor]:

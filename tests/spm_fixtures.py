@@ -5,22 +5,8 @@ from pathlib import Path
 
 import torch
 
-from tiny_models import vocab_size, write_tokenizer
-
-
-def tiny_clip_config(image_size: int = 32):
-    """A CLIPConfig shaped like CLIP-H in miniature (text/vision widths differ, as in CLIP-H)."""
-    from transformers import CLIPConfig
-
-    v = vocab_size()
-    return CLIPConfig(
-        text_config=dict(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         max_position_embeddings=16, hidden_act="gelu", projection_dim=24,
-                         bos_token_id=v - 2, eos_token_id=v - 1, pad_token_id=v - 1),
-        vision_config=dict(hidden_size=40, intermediate_size=80, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=image_size, patch_size=8, hidden_act="gelu", projection_dim=24),
-        projection_dim=24,
-    )
+# tiny_clip_config's defaults are the SPM tests' CLIP-H in miniature; they import it from here.
+from tiny_models import tiny_clip_config, write_tokenizer
 
 
 def tiny_clip(seed: int = 0, image_size: int = 32):

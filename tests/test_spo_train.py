@@ -57,10 +57,7 @@ def test_two_guided_forwards_per_batch_and_ref_is_base(models_dir, sdxl):
     base_out = model.guided_output(x, torch.tensor([500, 500]), emb, unc, 5.0)
 
     add_lora(model, cfg.lora)
-    with torch.no_grad():  # make the adapter do something
-        for name, p in model.unet.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
+    random_lora_b(model)
     with torch.no_grad():
         lora_out = model.guided_output(x, torch.tensor([500, 500]), emb, unc, 5.0)
         with adapter_disabled(model.unet):
@@ -84,31 +81,41 @@ def test_two_guided_forwards_per_batch_and_ref_is_base(models_dir, sdxl):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.unet.parameters() if p.requires_grad)
 
 
-def test_gradient_clipping_really_clips(models_dir):
-    from accelerate import Accelerator
-
-    model = load_model(tiny_dir(models_dir, False), family="sd15")
-    cfg = tiny_cfg("unused", **{"train.max_grad_norm": 1e-4, "train.batch_size": 2})  # the optimizer below has lr 0
-    params = add_lora(model, cfg.lora)
+def random_lora_b(model):
+    """Make the adapter do something: peft starts B at 0, so a fresh LoRA changes no output."""
     with torch.no_grad():
         for name, p in model.unet.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
-    acc = Accelerator(cpu=True)
-    opt = torch.optim.AdamW(params, lr=0.0)
-    unet, opt = acc.prepare(model.unet, opt)
-    seen = {}
-    real_step = opt.step
 
-    def spy_step(*a, **k):  # grads as the optimizer sees them, after clipping
-        seen["norm"] = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])).item()
+
+def grad_norms_at_step(models_dir, max_grad_norm):
+    """train_on over one sampled epoch with --train.max_grad_norm `max_grad_norm` and a zero-lr optimizer:
+    (its info, the LoRA gradient norm the optimizer saw at each step, i.e. after any clipping)."""
+    from accelerate import Accelerator
+
+    model = load_model(tiny_dir(models_dir, False), family="sd15")
+    cfg = tiny_cfg("unused", **{"train.max_grad_norm": max_grad_norm, "train.batch_size": 2})
+    params = add_lora(model, cfg.lora)
+    random_lora_b(model)
+    acc = Accelerator(cpu=True)
+    opt = torch.optim.AdamW(params, lr=0.0)  # lr 0: every step sees the same weights
+    unet, opt = acc.prepare(model.unet, opt)
+    seen, real_step = [], opt.step
+
+    def spy_step(*a, **k):
+        seen.append(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])).item())
         return real_step(*a, **k)
 
     opt.step = spy_step
     data = sample_epoch(model, Brightness(), ["a", "b"], cfg, torch.Generator().manual_seed(0), False)
-    info = train_on(model, unet, acc, opt, params, data, cfg, torch.Generator().manual_seed(1), False)
+    return train_on(model, unet, acc, opt, params, data, cfg), seen
+
+
+def test_gradient_clipping_really_clips(models_dir):
+    info, seen = grad_norms_at_step(models_dir, 1e-4)
     assert info["grad_norm"] > 1e-3  # the unclipped norm was far above the bound...
-    assert seen["norm"] <= 1e-4 * 1.001  # ...and the optimizer saw the clipped gradient
+    assert seen and max(seen) <= 1e-4 * 1.001  # ...and the optimizer saw the clipped gradient
 
 
 def lora_tensors(out):
@@ -288,28 +295,8 @@ def test_sampling_uses_the_weights_trained_on_the_previous_batch(models_dir, tmp
 
 
 def test_no_clipping_by_default_for_the_reference_presets(models_dir):
-    from accelerate import Accelerator
-
     assert build_config("sd15").train.max_grad_norm == 0 and build_config("sdxl").train.max_grad_norm == 0
-    model = load_model(tiny_dir(models_dir, False), family="sd15")
-    cfg = tiny_cfg("unused", **{"train.max_grad_norm": 0.0, "train.batch_size": 2})
-    params = add_lora(model, cfg.lora)
-    with torch.no_grad():
-        for name, p in model.unet.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    acc = Accelerator(cpu=True)
-    opt = torch.optim.AdamW(params, lr=0.0)
-    unet, opt = acc.prepare(model.unet, opt)
-    seen, real_step = [], opt.step
-
-    def spy_step(*a, **k):
-        seen.append(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])).item())
-        return real_step(*a, **k)
-
-    opt.step = spy_step
-    data = sample_epoch(model, Brightness(), ["a", "b"], cfg, torch.Generator().manual_seed(0), False)
-    info = train_on(model, unet, acc, opt, params, data, cfg)
+    info, seen = grad_norms_at_step(models_dir, 0.0)
     assert info["grad_norm"] > 1e-3
     assert max(seen) == pytest.approx(info["grad_norm"], rel=1e-5)  # the optimizer saw the gradient untouched
 

@@ -67,35 +67,27 @@ def tiny_unet(sdxl: bool = False, seed: int = 0):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
-    if sdxl:
+    common = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+                  norm_num_groups=8)
+    if sdxl:  # SDXL in miniature: no attention in the first block, deeper transformer stacks, text_time embeds
         return UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(16, 32),
-            layers_per_block=1,
+            **common,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             transformer_layers_per_block=(1, 2),
             attention_head_dim=(2, 4),
             cross_attention_dim=64,
-            norm_num_groups=8,
             use_linear_projection=True,
             addition_embed_type="text_time",
             addition_time_embed_dim=8,
             projection_class_embeddings_input_dim=32 + 6 * 8,
         )
     return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
+        **common,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         attention_head_dim=4,
         cross_attention_dim=32,
-        norm_num_groups=8,
     )
 
 
@@ -132,6 +124,23 @@ def tiny_text_encoder(hidden: int = 32, projection: bool = False, seed: int = 0)
         pad_token_id=vocab_size() - 1,
     )
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
+
+
+def tiny_clip_config(image_size: int = 32, mlp_ratio: int = 2):
+    """The CLIPConfig of the tiny CLIPs under the SPM and scorer tests: text width 32 (context 16, this
+    module's tokenizer vocab), vision width 40 (patch 8), 2 heads and 2 layers each, projection 24,
+    exact GELU; text and vision widths differ, as in CLIP-H. mlp_ratio: MLP width over model width."""
+    from transformers import CLIPConfig
+
+    v = vocab_size()
+    return CLIPConfig(
+        text_config=dict(vocab_size=v, hidden_size=32, intermediate_size=32 * mlp_ratio, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=16, hidden_act="gelu", projection_dim=24,
+                         bos_token_id=v - 2, eos_token_id=v - 1, pad_token_id=v - 1),
+        vision_config=dict(hidden_size=40, intermediate_size=40 * mlp_ratio, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=8, hidden_act="gelu", projection_dim=24),
+        projection_dim=24,
+    )
 
 
 def save_tiny_pipeline(root: Path, sdxl: bool = False, seed: int = 0) -> Path:

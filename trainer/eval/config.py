@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+# The model and DDIM sections are trainer.spo's too (trainer/config_sections.py).
+from ..config_sections import DDIMConfig, ModelConfig
 # The project's one config machinery (trainer/typed_config.py); `build_config` is the only caller.
 from ..typed_config import ConfigError, build, fields_of  # noqa: F401 (ConfigError, fields_of re-exported)
 
@@ -16,23 +18,9 @@ SHAPES_DEFAULT_LORA = "outputs/spo-shapes/spo-shapes.safetensors"
 
 
 @dataclass
-class ModelConfig:
-    source: str = "shapes"
-    """diffusers directory, single-file .safetensors, hub id (from the local cache), or "shapes" (the shipped ShapesWorld pipeline)"""
-    family: str = "auto"
-    """auto | sd15 | sdxl | shapes"""
-    config_dir: str = ""
-    """diffusers-layout config dir with tokenizers, for single-file checkpoints offline"""
+class SamplingConfig(DDIMConfig):
+    """The DDIM settings (η = 0: the paper evaluates with deterministic DDIM), then the image seeds and batching."""
 
-
-@dataclass
-class SamplingConfig:
-    num_steps: int = 20
-    """DDIM steps"""
-    guidance_scale: float = 5.0
-    """classifier-free guidance scale"""
-    eta: float = 0.0
-    """DDIM η: 0 = deterministic DDIM (the paper's evaluation sampler), 1 = DDPM-like"""
     seed: int = 0
     """image j of prompt i uses seed + i·images_per_prompt + j, the same for every model"""
     images_per_prompt: int = 1

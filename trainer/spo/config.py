@@ -9,18 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import typed_config
+from ..config_sections import DDIMConfig, ModelConfig
 from ..families import FAMILIES
 from ..typed_config import ConfigError
-
-
-@dataclass
-class ModelConfig:
-    source: str = "shapes"
-    """diffusers directory, hub id, single-file .safetensors, or "shapes" (the shipped ShapesWorld pipeline)"""
-    family: str = "auto"
-    """auto | sd15 | sdxl | shapes"""
-    config_dir: str = ""
-    """diffusers-layout config dir with tokenizers, for single-file checkpoints offline"""
 
 
 @dataclass
@@ -41,9 +32,10 @@ class LoraConfig:
 
 
 @dataclass
-class SamplingConfig:
-    num_steps: int = 20
-    guidance_scale: float = 5.0
+class SamplingConfig(DDIMConfig):
+    """SPO's rollouts: the DDIM settings (η = 1 here, as in the paper: a stochastic step is what makes a
+    branch's k candidates differ), then the branching and pair selection."""
+
     eta: float = 1.0
     k: int = 4
     """candidates drawn from each noisy latent at a branching step"""
