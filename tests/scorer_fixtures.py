@@ -130,3 +130,52 @@ def save_tiny_imagereward(root: Path, seed: int = 0) -> Path:
     torch.save(tiny_imagereward_state(seed), root / "ImageReward.pt")
     write_bert_tokenizer(root / "tokenizer")
     return root / "ImageReward.pt"
+
+
+def imagereward_to_released(model, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A loaded trainer.scorers.imagereward.ImageReward's weights in the released ImageReward.pt layout (the
+    inverse of its loader's map); the parts the reward never runs (contrastive projections, position_ids) from `like`."""
+    from trainer.scorers.imagereward import vit_key_map
+
+    vision = model.vision.state_dict()
+    out = {k: v.clone() for k, v in like.items()}
+    for src, dst in vit_key_map(model.vision.config.num_hidden_layers).items():
+        out[f"blip.visual_encoder.{src}"] = vision[dst].detach().clone()
+    out.update({f"blip.text_encoder.{k}": v.detach().clone() for k, v in model.text.state_dict().items()})
+    out.update({f"mlp.layers.{k}": v.detach().clone() for k, v in model.mlp.state_dict().items()})
+    return out
+
+
+def fitted_imagereward(root: Path, steps: int = 200, seed: int = 0) -> Path:
+    """root/ImageReward.pt: the tiny ImageReward (tiny_imagereward_config's sizes, released layout) trained the way
+    ImageReward was, on ShapesWorld: pairwise ranking loss −log σ(r_better − r_worse) over two renders of each
+    TRAINING caption (independent placement, quality ~ U(0, 1)), the better one by ShapesWorld's ground-truth
+    aesthetic. Starts from save_tiny_imagereward's seeded weights (kept in root/init/ with the tokenizer), loaded by
+    the real loader; AdamW on 32 pairs a step. Deterministic: every draw comes from seeded generators and the model
+    has no active dropout (eval mode)."""
+    from trainer.scorers.imagereward import load_imagereward
+    from trainer.shapes import aesthetic, render_captions, train_captions
+    from trainer.spm.preprocess import clip_preprocess
+
+    init = save_tiny_imagereward(root / "init", seed=seed)
+    model = load_imagereward(init, config=tiny_imagereward_config())
+    caps = train_captions()
+    g = torch.Generator().manual_seed(seed)
+    q = torch.rand(2, len(caps), generator=g)
+    renders = [render_captions(caps, q[i], seed=11 + i) for i in range(2)]
+    better = aesthetic(renders[0]) > aesthetic(renders[1])  # Tensor[N] bool: the ground-truth label
+    pixels = [clip_preprocess(x, model.preprocess) for x in renders]
+    tok = model.tokenizer(caps, padding="max_length", truncation=True, max_length=model.max_length, return_tensors="pt")
+    model.requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.0)
+    for _ in range(steps):
+        i = torch.randint(len(caps), (32,), generator=g)
+        ids, mask = tok.input_ids[i].repeat(2, 1), tok.attention_mask[i].repeat(2, 1)
+        r0, r1 = model.reward(torch.cat([pixels[0][i], pixels[1][i]]), ids, mask).chunk(2)
+        margin = torch.where(better[i], r0 - r1, r1 - r0)
+        loss = -torch.nn.functional.logsigmoid(margin).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.save(imagereward_to_released(model, tiny_imagereward_state(seed)), root / "ImageReward.pt")
+    return root / "ImageReward.pt"

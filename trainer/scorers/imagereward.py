@@ -93,7 +93,9 @@ class ImageReward(nn.Module):
         self.tokenizer = tokenizer
         self.max_length = int(cfg["max_length"])
         self.mean, self.std = float(cfg["reward_mean"]), float(cfg["reward_std"])
-        self.preprocess = PreprocessConfig(int(cfg["vision"]["image_size"]))
+        # ImageReward preprocesses PIL pictures (torchvision Resize on PIL = PIL's antialiased bicubic, as
+        # CLIPImageProcessor), not the SPM's plain bicubic on the float tensor (PreprocessConfig's default).
+        self.preprocess = PreprocessConfig(int(cfg["vision"]["image_size"]), method="clip")
 
     def reward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """pixel_values [B, 3, S, S] (normalised), input_ids / attention_mask [B, L] -> z-scored reward Tensor[B] float32."""
