@@ -114,3 +114,39 @@ def test_recipes_agree_when_no_resize_is_needed():
 def test_unknown_method_is_refused():
     with pytest.raises(ValueError, match="preprocess method"):
         PreprocessConfig(method="pil")
+
+
+# -- HPSv2's recipe: longest side to S, antialiased bicubic on the float tensor, zero padding -------------
+@pytest.mark.parametrize("hw,inner,pad", [
+    ((64, 96), (21, 32), (5, 6, 0, 0)),    # 64·(32/96) = 21.33 → 21 rows: 11 rows of padding, 5 on top
+    ((96, 40), (32, 13), (0, 0, 9, 10)),   # 40·(32/96) = 13.33 → 13 columns: 19 columns, 9 on the left
+    ((80, 80), (32, 32), (0, 0, 0, 0)),    # square: no padding, the whole picture
+    ((24, 32), (24, 32), (4, 4, 0, 0)),    # longest side already S: not resized, still padded (HPSv2 would fail)
+])
+def test_hpsv2_recipe_resizes_the_longest_side_and_pads_with_black(hw, inner, pad):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, *hw, generator=g) * 2.4 - 1.2  # some values outside [−1, 1]: a picture clamps them
+    cfg = PreprocessConfig(32, method="hpsv2")
+    got = clip_preprocess(x, cfg)
+    top, bottom, left, right = pad
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (cfg.image_mean, cfg.image_std))
+    black = (0 - mean) / std
+    if top + bottom:
+        assert torch.equal(got[:, :, :top], black.expand(2, 3, top, 32))
+        assert torch.equal(got[:, :, 32 - bottom:], black.expand(2, 3, bottom, 32))
+    if left + right:
+        assert torch.equal(got[..., :left], black.expand(2, 3, 32, left))
+        assert torch.equal(got[..., 32 - right:], black.expand(2, 3, 32, right))
+    want = F.interpolate((x.clamp(-1, 1) + 1) / 2, size=inner, mode="bicubic", align_corners=False, antialias=True)
+    assert torch.allclose(got[:, :, top:32 - bottom, left:32 - right] * std + mean, want, atol=1e-6)
+
+
+def test_hpsv2_recipe_keeps_bicubic_overshoot():
+    """HPSv2 resizes the float tensor, so ringing at a hard edge stays above 1 (a uint8 picture would cut it)."""
+    x = -torch.ones(1, 3, 64, 64)
+    x[..., 24:40, 24:40] = 1.0  # a white square on black
+    cfg = PreprocessConfig(32, method="hpsv2")
+    raw = clip_preprocess(x, cfg) * torch.tensor(cfg.image_std).view(1, 3, 1, 1) + torch.tensor(cfg.image_mean).view(1, 3, 1, 1)
+    assert float(raw.max()) > 1.01 and float(raw.min()) < -0.01
+    clip = clip_preprocess(x, PreprocessConfig(32, method="clip")) * torch.tensor(cfg.image_std).view(1, 3, 1, 1) + torch.tensor(cfg.image_mean).view(1, 3, 1, 1)
+    assert float(clip.max()) <= 1 + 1e-6

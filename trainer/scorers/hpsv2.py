@@ -6,10 +6,11 @@ text transformer, exact GELU, CLS / EOT pooling, bias-free projections), so neit
 torchvision is needed. The score is what `hpsv2.score` returns: cos(image, text) of the normalised
 embeddings (no logit scale), ~0.2–0.3 on real images; papers often print it ×100.
 
-Preprocessing as HPSv2's `preprocess_val`: shortest side to 224 (bicubic), centre crop 224,
-OpenAI CLIP mean/std. One difference: HPSv2 resizes the float tensor and keeps bicubic overshoot
-outside [0, 1]; the shared CLIP preprocessing here clamps it (as for uint8 images), so pixels next
-to hard edges can differ slightly (not measured against HPSv2's pipeline, which needs torchvision).
+Preprocessing as HPSv2's own `score` runs it (`preprocess_val` of its open_clip fork, built with
+`light_augmentation=True`, so `resize_longest_max`): the longest side to 224 with antialiased
+bicubic on the float tensor (overshoot kept), zero padding to 224 × 224, OpenAI CLIP mean/std —
+`trainer.spm.preprocess.hpsv2_preprocess`. It is not a centre crop: a 832×1216 picture is scored
+whole, with black bars.
 """
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ def load_hpsv2(path: str | os.PathLike, device="cpu", dtype=torch.float32, token
     for emb in (clip.text_model.embeddings, clip.vision_model.embeddings):  # non-persistent buffers left on meta
         n = emb.position_embedding.weight.shape[0]
         emb.register_buffer("position_ids", torch.arange(n).expand((1, -1)), persistent=False)
-    spm = StepAwarePreferenceModel(clip=clip, step_aware=False, preprocess=PreprocessConfig(config.vision_config.image_size), tokenizer=tok)
+    spm = StepAwarePreferenceModel(clip=clip, step_aware=False, preprocess=PreprocessConfig(config.vision_config.image_size, method="hpsv2"), tokenizer=tok)
     try:
         spm.get_tokenizer()
     except ValueError as e:

@@ -1,6 +1,6 @@
 """CLIP image preprocessing in torch, on the images' device, for decoded images (nominally [−1, 1]).
 
-Two recipes, chosen per checkpoint by `PreprocessConfig.method`, because a scorer must see
+Three recipes, chosen per checkpoint by `PreprocessConfig.method`, because a scorer must see
 images exactly as its checkpoint saw them in training:
 
 - "spo": what the released step-aware preference models were trained and used with (and what
@@ -10,8 +10,12 @@ images exactly as its checkpoint saw them in training:
 - "clip": transformers' `CLIPImageProcessor` (PickScore-style, step-agnostic CLIP folders): the
   image is a clamped uint8 picture, resized with the antialiased PIL-like kernel (a = −0.5),
   sizes and offsets truncated.
+- "hpsv2": HPSv2's `preprocess_val` (its open_clip `image_transform` with `resize_longest_max`):
+  the picture as a [0, 1] tensor, the LONGEST side resized to the crop size with antialiased
+  bicubic (sides rounded), bicubic overshoot kept, zero padding to a square (the odd pixel at the
+  bottom / right). On square images it differs from "clip" only by that overshoot.
 
-Both work without a PIL round trip, so decoded VAE outputs are scored where they are (GPU,
+All three work without a PIL round trip, so decoded VAE outputs are scored where they are (GPU,
 half precision) and gradients can flow.
 """
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-METHODS = ("spo", "clip")
+METHODS = ("spo", "clip", "hpsv2")
 # Own-format SPM checkpoints written before `method` was recorded were all trained by trainer.spm
 # with the CLIPImageProcessor recipe, so that is what they are read back with.
 LEGACY_METHOD = "clip"
@@ -122,6 +126,28 @@ def clip_processor_preprocess(images: torch.Tensor, config: PreprocessConfig) ->
     return _normalise(x, config)
 
 
+# -- HPSv2's recipe ("hpsv2") ------------------------------------------------------------------------
+def hpsv2_preprocess(images: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """Images [B, 3, H, W] -> pixel values [B, 3, S, S] float32, as HPSv2's `preprocess_val` makes them.
+
+    HPSv2 reads a picture (so the input is clamped to [0, 1]), converts it to a float tensor and
+    only then resizes: scale = S / max(H, W), sides round(H·scale) × round(W·scale), torchvision's
+    tensor resize (antialiased bicubic, no clamp after), then pads with 0 (black) to S × S,
+    left/top getting the smaller half.
+    """
+    size = config.image_size
+    x = (images.float().clamp(-1, 1) + 1) / 2
+    h, w = x.shape[-2:]
+    scale = size / max(h, w)
+    if scale != 1.0:
+        x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bicubic", align_corners=False, antialias=True)
+    # HPSv2 pads only when it resized, so a picture whose longest side is already S stays
+    # non-square and its ViT fails; padding it too is what that code evidently means.
+    pad_h, pad_w = size - x.shape[-2], size - x.shape[-1]
+    x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
+    return _normalise(x, config)
+
+
 def _normalise(x: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
     mean = torch.tensor(config.image_mean, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(config.image_std, device=x.device).view(1, 3, 1, 1)
@@ -133,4 +159,6 @@ def clip_preprocess(images: torch.Tensor, config: PreprocessConfig) -> torch.Ten
     with the recipe the checkpoint was trained with (config.method)."""
     if config.method == "spo":
         return spo_preprocess(images, config)
+    if config.method == "hpsv2":
+        return hpsv2_preprocess(images, config)
     return clip_processor_preprocess(images, config)
