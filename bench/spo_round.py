@@ -159,13 +159,13 @@ def run_variant(args) -> dict:
     gen = torch.Generator().manual_seed(0)
     if args.warmup:
         spo_round(model, scorer, prompts, cfg.sampling, gen)
-    counter.calls = 0
+    counter.calls = counter.rows = 0
     t0 = time.perf_counter()
     r = spo_round(model, scorer, prompts, cfg.sampling, gen)
     if device.type == "cuda":
         torch.cuda.synchronize()
     round_s = time.perf_counter() - t0
-    round_calls = counter.calls
+    round_calls, round_rows = counter.calls, counter.rows
     branched_steps = r.stats["branched"] // args.batch
 
     batch = r.transitions.index(slice(0, cfg.train.batch_size))
@@ -206,6 +206,7 @@ def run_variant(args) -> dict:
         "round_seconds": round(round_s, 4),
         "unet_calls_per_round": round_calls,
         "unet_calls_per_branched_step": round((round_calls - cfg.sampling.branch_start) / branched_steps, 3),
+        "unet_rows_per_round": round_rows,  # latents through the UNet (a guided call on b latents = 2b rows)
         "train_step_seconds": round(min(times), 4),
         "transitions_per_train_step": n,
         # guided forwards: 2 UNet rows (uncond, cond) per latent
@@ -253,11 +254,12 @@ def main() -> None:
     ratios = {
         "round_time": ref["round_seconds"] / ours["round_seconds"],
         "round_unet_calls": ref["unet_calls_per_round"] / ours["unet_calls_per_round"],
+        "round_unet_rows": ref["unet_rows_per_round"] / ours["unet_rows_per_round"],
         "train_step_time": ref["train_step_seconds"] / ours["train_step_seconds"],
         "train_forwards_per_transition_batch": ref["unet_forwards_per_transition"] / ours["unet_forwards_per_transition"],
         "peak_memory": ref["peak_memory_mb"] / ours["peak_memory_mb"],
     }
-    cols = ["variant", "round_seconds", "unet_calls_per_round", "unet_calls_per_branched_step", "train_step_seconds",
+    cols = ["variant", "round_seconds", "unet_calls_per_round", "unet_rows_per_round", "unet_calls_per_branched_step", "train_step_seconds",
             "unet_forwards_per_transition", "peak_memory_mb"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
