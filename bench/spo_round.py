@@ -1,6 +1,6 @@
 """Cost of one SPO round and one training step: spo-studio vs what the reference implementation does.
 
-    python bench/spo_round.py                         # SD-1.5 size, random weights, 256 px, CPU (~30 min on 2 cores)
+    python bench/spo_round.py                         # SD-1.5 size, random weights, 256 px, CPU (~5 min on 2 cores, 14 GB)
     python bench/spo_round.py --model shapes --batch 8 --out bench/results/spo_round_shapes.json
     python bench/spo_round.py --model DIR --scorer SPM.bin --family sd15 --batch 4   # GPU when present
     bench/gpu_check.sh                                # 512 px, k = 4, batch 10, fp16 frozen weights, on a GPU
