@@ -9,6 +9,8 @@ The CLIP is openai/clip-vit-large-patch14 as a transformers folder; its projecte
 """
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from pathlib import Path
 from typing import Sequence
@@ -81,6 +83,9 @@ def load_aesthetic(path: str | os.PathLike, device="cpu", dtype=torch.float32, c
         raise ScorerError(f"--assets.aesthetic_clip: {e}") from None
     if model.model.config.projection_dim != w0.shape[1]:
         raise ScorerError(f"{clip_dir}: CLIP embeddings have {model.model.config.projection_dim} dims but the MLP {path} takes {w0.shape[1]} (use CLIP ViT-L/14)")
+    # The predictor was fitted on embeddings of the `clip` package's PIL transform, not of the
+    # folder's CLIPImageProcessor: the same resize, crop offsets rounded instead of truncated.
+    model.preprocess = dataclasses.replace(model.preprocess, method="openai")
     mlp = aesthetic_mlp(int(w0.shape[1]))
     mlp.load_state_dict({k.removeprefix("layers."): v for k, v in state.items()}, strict=True)
     return LaionAesthetic(model, mlp).to(device=device, dtype=dtype).eval().requires_grad_(False)

@@ -93,9 +93,10 @@ class ImageReward(nn.Module):
         self.tokenizer = tokenizer
         self.max_length = int(cfg["max_length"])
         self.mean, self.std = float(cfg["reward_mean"]), float(cfg["reward_std"])
-        # ImageReward preprocesses PIL pictures (torchvision Resize on PIL = PIL's antialiased bicubic, as
-        # CLIPImageProcessor), not the SPM's plain bicubic on the float tensor (PreprocessConfig's default).
-        self.preprocess = PreprocessConfig(int(cfg["vision"]["image_size"]), method="clip")
+        # ImageReward preprocesses PIL pictures with OpenAI CLIP's transform (torchvision Resize on PIL =
+        # PIL's antialiased bicubic, CenterCrop's rounded offsets), not the SPM's plain bicubic on the float
+        # tensor (PreprocessConfig's default).
+        self.preprocess = PreprocessConfig(int(cfg["vision"]["image_size"]), method="openai")
 
     def reward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """pixel_values [B, 3, S, S] (normalised), input_ids / attention_mask [B, L] -> z-scored reward Tensor[B] float32."""

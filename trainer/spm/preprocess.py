@@ -1,6 +1,6 @@
 """CLIP image preprocessing in torch, on the images' device, for decoded images (nominally [−1, 1]).
 
-Three recipes, chosen per checkpoint by `PreprocessConfig.method`, because a scorer must see
+Four recipes, chosen per checkpoint by `PreprocessConfig.method`, because a scorer must see
 images exactly as its checkpoint saw them in training:
 
 - "spo": what the released step-aware preference models were trained and used with (and what
@@ -10,12 +10,16 @@ images exactly as its checkpoint saw them in training:
 - "clip": transformers' `CLIPImageProcessor` (PickScore-style, step-agnostic CLIP folders): the
   image is a clamped uint8 picture, resized with the antialiased PIL-like kernel (a = −0.5),
   sizes and offsets truncated.
+- "openai": OpenAI CLIP's `_transform` on a PIL picture (ImageReward, the LAION aesthetic
+  predictor): the "clip" recipe with the centre crop's offsets rounded as torchvision's
+  `CenterCrop` rounds them (one pixel apart from "clip" when the resized side exceeds the crop by
+  an odd number).
 - "hpsv2": HPSv2's `preprocess_val` (its open_clip `image_transform` with `resize_longest_max`):
   the picture as a [0, 1] tensor, the LONGEST side resized to the crop size with antialiased
   bicubic (sides rounded), bicubic overshoot kept, zero padding to a square (the odd pixel at the
   bottom / right). On square images it differs from "clip" only by that overshoot.
 
-All three work without a PIL round trip, so decoded VAE outputs are scored where they are (GPU,
+All four work without a PIL round trip, so decoded VAE outputs are scored where they are (GPU,
 half precision) and gradients can flow.
 """
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-METHODS = ("spo", "clip", "hpsv2")
+METHODS = ("spo", "clip", "openai", "hpsv2")
 # Own-format SPM checkpoints written before `method` was recorded were all trained by trainer.spm
 # with the CLIPImageProcessor recipe, so that is what they are read back with.
 LEGACY_METHOD = "clip"
@@ -108,22 +112,27 @@ def resize_shortest_side(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images, size=new_hw, mode="bicubic", align_corners=False, antialias=True)
 
 
-def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Central size×size window of Tensor[B, C, H, W] (H, W ≥ size), offsets rounded as HF rounds them."""
+def center_crop(images: torch.Tensor, size: int, rounded: bool = False) -> torch.Tensor:
+    """Central size×size window of Tensor[B, C, H, W] (H, W ≥ size); offsets truncated as HF's
+    processor does, or with rounded=True rounded as torchvision's CenterCrop does."""
     h, w = images.shape[-2:]
-    top, left = int((h - size) / 2.0), int((w - size) / 2.0)
+    if rounded:
+        top, left = center_crop_offsets(h, w, size)
+    else:
+        top, left = int((h - size) / 2.0), int((w - size) / 2.0)
     return images[..., top : top + size, left : left + size]
 
 
 def clip_processor_preprocess(images: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
-    """Images [B, 3, H, W] -> pixel values [B, 3, S, S] float32, as CLIPImageProcessor makes them.
+    """Images [B, 3, H, W] -> pixel values [B, 3, S, S] float32, as CLIPImageProcessor makes them
+    (method "clip"), or OpenAI CLIP's PIL transform (method "openai": crop offsets rounded).
 
     The processor sees a uint8 picture, so the input is clamped first; resize of the shortest
     side (antialiased bicubic), centre crop, clamp again (bicubic overshoots, uint8 cannot), normalise.
     """
     x = (images.float().clamp(-1, 1) + 1) / 2
-    x = center_crop(resize_shortest_side(x, config.image_size), config.image_size).clamp(0, 1)
-    return _normalise(x, config)
+    x = center_crop(resize_shortest_side(x, config.image_size), config.image_size, rounded=config.method == "openai")
+    return _normalise(x.clamp(0, 1), config)
 
 
 # -- HPSv2's recipe ("hpsv2") ------------------------------------------------------------------------
