@@ -87,7 +87,6 @@ def run_variant(name: str, seed: int, budget: int, eval_seeds: int, threads: int
 
     from trainer.spo.report import evaluate_shapes
     from trainer.spo.sources import resolve_model, resolve_prompts, resolve_scorer
-    from trainer.spo.step import adapter_disabled
     from trainer.spo.train import EpochData, add_lora, epoch_batches, epoch_generator, run_epoch, train_on
     from trainer.shapes import heldout_captions
 

@@ -117,6 +117,13 @@ def _openai_clip_pil_transform(images: torch.Tensor, n: int) -> torch.Tensor:
     return (x - torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
 
 
+def _upscaled_render(renders: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """ShapesWorld renders [B, 3, 64, 64] on the uint8 grid (so their PIL picture is the same image), doubled
+    in size and cut to h × w: hard edges to resample. Returns Tensor[B, 3, h, w] in [−1, 1]."""
+    on_grid = ((renders + 1) * 127.5).round() / 127.5 - 1
+    return on_grid.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :h, :w]
+
+
 @pytest.mark.parametrize("width", [96, 98])  # 98: resized to 39 wide, a crop offset of 3.5 that CenterCrop rounds to 4
 def test_imagereward_sees_images_as_its_pil_transform_makes_them(tmp_path, width):
     """Shrinking a detailed picture is where preprocessing recipes part: PIL's bicubic filters (antialias),
@@ -125,7 +132,7 @@ def test_imagereward_sees_images_as_its_pil_transform_makes_them(tmp_path, width
     g = torch.Generator().manual_seed(4)
     images = torch.randint(0, 256, (2, 3, 80, width), generator=g).float() / 127.5 - 1  # noise: all detail
     shapes = render_captions(heldout_captions()[:1], torch.zeros(1), seed=3)[0]  # a degraded render, 64 px
-    images[1] = (((shapes + 1) * 127.5).round() / 127.5 - 1).repeat_interleave(2, 1).repeat_interleave(2, 2)[:, :80, :width]
+    images[1] = _upscaled_render(shapes, 80, width)
     want = _openai_clip_pil_transform(images, 32)
     from trainer.spm.preprocess import clip_preprocess
 
@@ -187,11 +194,12 @@ def test_aesthetic_sees_images_as_the_clip_packages_pil_transform_makes_them(tmp
     scorer = load_aesthetic(tmp_path / "mlp.pth", clip=str(_clip_dir()))
     size = scorer.clip.preprocess.image_size
     renders = render_captions(heldout_captions()[:2], torch.tensor([1.0, 0.0]), seed=3)  # 64 px
-    images = (((renders + 1) * 127.5).round() / 127.5 - 1).repeat_interleave(2, 2).repeat_interleave(2, 3)[..., :80, :99]
-    gap = float((clip_preprocess(images, scorer.clip.preprocess) - _openai_clip_pil_transform(images, size)).abs().max())
+    images = _upscaled_render(renders, 80, 99)
+    want = _openai_clip_pil_transform(images, size)
+    gap = float((clip_preprocess(images, scorer.clip.preprocess) - want).abs().max())
     assert gap < 0.1, gap  # PIL rounds and clips to uint8 between its passes: a few levels (≈ 0.015 each after /std) at edges
     truncated = clip_preprocess(images, PreprocessConfig(size, method="clip"))
-    assert float((truncated - _openai_clip_pil_transform(images, size)).abs().max()) > 0.5  # the crop one pixel off
+    assert float((truncated - want).abs().max()) > 0.5  # the crop one pixel off
 
 
 def test_aesthetic_loader_is_strict_and_needs_its_clip(tmp_path):

@@ -117,6 +117,11 @@ def test_unknown_method_is_refused():
 
 
 # -- HPSv2's recipe: longest side to S, antialiased bicubic on the float tensor, zero padding -------------
+def _unnormalised(pixels: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
+    """Pixel values [B, 3, S, S] back in the [0, 1] picture scale (the mean/std normalisation undone)."""
+    return pixels * torch.tensor(cfg.image_std).view(1, 3, 1, 1) + torch.tensor(cfg.image_mean).view(1, 3, 1, 1)
+
+
 @pytest.mark.parametrize("hw,inner,pad", [
     ((64, 96), (21, 32), (5, 6, 0, 0)),    # 64·(32/96) = 21.33 → 21 rows: 11 rows of padding, 5 on top
     ((96, 40), (32, 13), (0, 0, 9, 10)),   # 40·(32/96) = 13.33 → 13 columns: 19 columns, 9 on the left
@@ -138,15 +143,14 @@ def test_hpsv2_recipe_resizes_the_longest_side_and_pads_with_black(hw, inner, pa
         assert torch.equal(got[..., :left], black.expand(2, 3, 32, left))
         assert torch.equal(got[..., 32 - right:], black.expand(2, 3, 32, right))
     want = F.interpolate((x.clamp(-1, 1) + 1) / 2, size=inner, mode="bicubic", align_corners=False, antialias=True)
-    assert torch.allclose(got[:, :, top:32 - bottom, left:32 - right] * std + mean, want, atol=1e-6)
+    assert torch.allclose(_unnormalised(got, cfg)[:, :, top:32 - bottom, left:32 - right], want, atol=1e-6)
 
 
 def test_hpsv2_recipe_keeps_bicubic_overshoot():
     """HPSv2 resizes the float tensor, so ringing at a hard edge stays above 1 (a uint8 picture would cut it)."""
     x = -torch.ones(1, 3, 64, 64)
     x[..., 24:40, 24:40] = 1.0  # a white square on black
-    cfg = PreprocessConfig(32, method="hpsv2")
-    raw = clip_preprocess(x, cfg) * torch.tensor(cfg.image_std).view(1, 3, 1, 1) + torch.tensor(cfg.image_mean).view(1, 3, 1, 1)
+    hpsv2, clip = PreprocessConfig(32, method="hpsv2"), PreprocessConfig(32, method="clip")
+    raw = _unnormalised(clip_preprocess(x, hpsv2), hpsv2)
     assert float(raw.max()) > 1.01 and float(raw.min()) < -0.01
-    clip = clip_preprocess(x, PreprocessConfig(32, method="clip")) * torch.tensor(cfg.image_std).view(1, 3, 1, 1) + torch.tensor(cfg.image_mean).view(1, 3, 1, 1)
-    assert float(clip.max()) <= 1 + 1e-6
+    assert float(_unnormalised(clip_preprocess(x, clip), clip).max()) <= 1 + 1e-6

@@ -10,7 +10,6 @@ The CLIP is openai/clip-vit-large-patch14 as a transformers folder; its projecte
 from __future__ import annotations
 
 import dataclasses
-
 import os
 from pathlib import Path
 from typing import Sequence
